@@ -1,0 +1,3 @@
+from fabguard.cli import main
+
+raise SystemExit(main())
