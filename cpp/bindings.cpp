@@ -105,13 +105,11 @@ py::dict fit_em_py(const PyProduction& prod, Array<int64_t> subset_ptr, Array<in
     const int64_t R = subset_ptr.shape(0) - 1;
     if (subset_ptr.at(R) != subset_idx.shape(0))
         throw std::invalid_argument("subset_ptr[-1] must equal len(subset_idx)");
-    for (const auto* start : {&p0, &a0}) {
-        if (start->ndim() != 2 || start->shape(0) != R || start->shape(1) != pr.n_machines)
-            throw std::invalid_argument("p0 and a0 must have shape (n_subsets, n_machines)");
-        const double* v = start->data();
-        for (int64_t i = 0; i < R * pr.n_machines; ++i)
-            if (!(v[i] >= 0.0 && v[i] <= 1.0))
-                throw std::invalid_argument("p0 and a0 must lie in [0, 1]");
+    require_length(p0, pr.n_machines, "p0");
+    require_length(a0, pr.n_machines, "a0");
+    for (int64_t m = 0; m < pr.n_machines; ++m) {
+        if (!(p0.at(m) >= 0.0 && p0.at(m) <= 1.0)) throw std::invalid_argument("p0 must lie in [0, 1]");
+        if (!(a0.at(m) >= 0.0 && a0.at(m) <= 1.0)) throw std::invalid_argument("a0 must lie in [0, 1]");
     }
     if (!(tol >= 0.0)) throw std::invalid_argument("tol must be >= 0");
     if (max_iter < 1) throw std::invalid_argument("max_iter must be >= 1");
@@ -192,7 +190,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("fit_em", &fit_em_py, py::arg("production"), py::arg("subset_ptr"),
           py::arg("subset_idx"), py::arg("p0"), py::arg("a0"), py::arg("tol") = 1e-3,
           py::arg("max_iter") = 100, py::arg("threads") = 1, py::arg("progress") = py::none(),
-          "Fit the EM on every batch subset s from its start (p0[s], a0[s]); returns (subsets, "
+          "Fit the EM on every batch subset from the same start (p0, a0); returns (subsets, "
           "machines) arrays."
           " progress(done) is called as subsets finish.");
 

@@ -162,7 +162,7 @@ bool fit_em(const Production& pr, const Subsets& subsets, const double* p0, cons
     const int64_t M = pr.n_machines;
     auto task = [&](int64_t s, int worker) {
         const int64_t begin = subsets.ptr[s];
-        fit_subset(pr, subsets.idx + begin, subsets.ptr[s + 1] - begin, p0 + s * M, a0 + s * M, config,
+        fit_subset(pr, subsets.idx + begin, subsets.ptr[s + 1] - begin, p0, a0, config,
                    spaces[static_cast<size_t>(worker)], out.yield + s * M, out.miss + s * M,
                    out.expected_defects + s * M, out.n_iter + s, out.converged + s);
     };

@@ -23,8 +23,7 @@ struct EmOutput {
     uint8_t* converged = nullptr;        // (n_subsets,)
 };
 
-// Fits every subset s from its own start (row s of p0: yields, a0: miss rates; both row-major
-// (n_subsets, n_machines)) on
+// Fits every subset from the same start (p0: yields, a0: miss rates, both length n_machines) on
 // `threads` threads. Cost per iteration is linear in the subset's rows. poll: see run_tasks.
 // Returns false if poll cancelled the work.
 bool fit_em(const Production& pr, const Subsets& subsets, const double* p0, const double* a0,

@@ -1,0 +1,174 @@
+"""``fabguard yield detect | simulate | sizing``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from importlib import resources
+from pathlib import Path
+
+from fabguard.errors import InputError
+
+DEMO = "demo_production.csv.gz"
+
+
+def demo_path() -> Path:
+    """The bundled simulated production file (50 machines, 1,000 batches, 3 low-yield at 0.4)."""
+    return Path(str(resources.files("fabguard.machine_yield") / DEMO))
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    detect = commands.add_parser(
+        "detect", help="estimate machine yields and list the significantly low ones",
+        description="Estimate every machine's yield and inspection miss rate (EM), with resampling, "
+                    "bootstrap CIs and a one-sided test; print the low-yield machines.")
+    detect.add_argument("data", nargs="?", help=f"CSV or Parquet production records (default: the bundled {DEMO})")
+    detect.add_argument("--method", choices=("em", "glm", "commonality"), default="em",
+                        help="em: the paper's method (default); glm: binomial GLM baseline; "
+                             "commonality: Fisher/BH baseline")
+    detect.add_argument("--resamples", type=int, default=30, help="EM resamples (default 30)")
+    detect.add_argument("--fraction", type=float, default=0.8, help="share of batches per resample (default 0.8)")
+    detect.add_argument("--alpha", type=float, default=0.05, help="one-sided test level (default 0.05)")
+    detect.add_argument("--threshold", type=float, default=None,
+                        help="yield threshold (default: mean of all machine yields)")
+    detect.add_argument("--max-candidates", type=int, default=10, help="longest low-yield list (default 10)")
+    detect.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
+    detect.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    detect.add_argument("--tol", type=float, default=1e-3, help="EM stop: L2 change of yields (default 1e-3)")
+    detect.add_argument("--max-iter", type=int, default=100, help="EM iteration cap (default 100)")
+    detect.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    detect.add_argument("--engine", choices=("cpp", "numpy"), default="cpp", help="EM implementation (default cpp)")
+    detect.add_argument("--low-batch-quantile", type=float, default=0.2,
+                        help="commonality: batches at or below this yield quantile are low (default 0.2)")
+    detect.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    detect.add_argument("--top", type=int, default=15, help="rows in the printed table (default 15)")
+    detect.add_argument("--json", metavar="OUT", help="write the full report as JSON")
+    detect.add_argument("--csv", metavar="OUT", help="write the per-machine table as CSV")
+    detect.add_argument("--plot", metavar="OUT.png", help="write a forest plot of yield CIs")
+    detect.add_argument("--quiet", action="store_true", help="no progress bar")
+    detect.set_defaults(func=run_detect)
+
+    sim = commands.add_parser("simulate", help="write simulated production records (paper's Table V)")
+    sim.add_argument("out", help="output .csv, .csv.gz or .parquet")
+    sim.add_argument("--machines", type=int, default=250)
+    sim.add_argument("--batches", type=int, default=2000)
+    sim.add_argument("--low", type=int, default=3, help="number of low-yield machines")
+    sim.add_argument("--low-yield", type=float, default=0.4)
+    sim.add_argument("--healthy-min", type=float, default=0.998)
+    sim.add_argument("--healthy-max", type=float, default=1.0)
+    sim.add_argument("--inspect-share", type=float, default=0.3, help="share of machines that inspect")
+    sim.add_argument("--truth", metavar="OUT", help="also write the per-machine truth (.csv or .parquet)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=run_simulate)
+
+    size = commands.add_parser("sizing", help="batches needed for a target recall, by simulation")
+    size.add_argument("--machines", type=int, required=True)
+    size.add_argument("--low", type=int, required=True, help="expected number of low-yield machines")
+    size.add_argument("--low-yield", type=float, default=0.4)
+    size.add_argument("--target-recall", type=float, default=0.95)
+    size.add_argument("--reps", type=int, default=20, help="simulations per batch count (default 20)")
+    size.add_argument("--resamples", type=int, default=30)
+    size.add_argument("--alpha", type=float, default=0.05)
+    size.add_argument("--max-batches", type=int, default=None, help="give up above this (default 64 x machines)")
+    size.add_argument("--threads", type=int, default=None)
+    size.add_argument("--seed", type=int, default=0)
+    size.add_argument("--json", metavar="OUT", help="write the counts tried and their recall as JSON")
+    size.add_argument("--quiet", action="store_true", help="no progress bar")
+    size.set_defaults(func=run_sizing)
+
+
+def run_detect(args) -> int:
+    from tqdm.auto import tqdm
+
+    from fabguard.machine_yield import CommonalityAnalysis, GLMYieldEstimator, LowYieldDetector, load_production
+
+    source = args.data or demo_path()
+    if args.data is None:
+        print(f"no DATA given: using the bundled demo {source}")
+    data = load_production(source)
+    if args.method == "em":
+        detector = LowYieldDetector(
+            resamples=args.resamples, fraction=args.fraction, alpha=args.alpha, threshold=args.threshold,
+            max_candidates=args.max_candidates, confidence=args.confidence, n_bootstrap=args.bootstrap,
+            tol=args.tol, max_iter=args.max_iter, threads=args.threads, engine=args.engine, seed=args.seed)
+        with tqdm(total=args.resamples + 1, desc="EM fits", unit="fit", disable=args.quiet) as bar:
+            detector.fit(data, progress=lambda done, total: bar.update(done - bar.n))
+    elif args.method == "glm":
+        detector = GLMYieldEstimator(alpha=args.alpha, threshold=args.threshold, max_candidates=args.max_candidates,
+                                     confidence=args.confidence).fit(data)
+    else:
+        detector = CommonalityAnalysis(low_batch_quantile=args.low_batch_quantile, alpha=args.alpha,
+                                       max_candidates=args.max_candidates).fit(data)
+    report = detector.report_
+    print(report.to_text(args.top))
+    _write_outputs(report, args)
+    return 0
+
+
+def _write_outputs(report, args) -> None:
+    from fabguard.outputs import atomic_path
+
+    if args.json:
+        report.to_json(args.json)
+        print(f"wrote {args.json}")
+    if args.csv:
+        with atomic_path(args.csv) as tmp:
+            report.to_pandas().to_csv(tmp, index=False)
+        print(f"wrote {args.csv}")
+    if args.plot:
+        if not args.plot.lower().endswith((".png", ".svg", ".pdf")):
+            raise InputError(f"--plot {args.plot}: use a .png, .svg or .pdf file name")
+        report.plot(args.plot)
+        print(f"wrote {args.plot}")
+
+
+def _write_table(frame, path: str) -> None:
+    from fabguard.outputs import atomic_path
+
+    lower = path.lower()
+    if not lower.endswith((".csv", ".csv.gz", ".parquet")):
+        raise InputError(f"{path}: use a .csv, .csv.gz or .parquet file name")
+    with atomic_path(path) as tmp:
+        if lower.endswith(".parquet"):
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False, compression="gzip" if lower.endswith(".gz") else None)
+
+
+def run_simulate(args) -> int:
+    from fabguard.machine_yield import simulate
+
+    sim = simulate(args.machines, args.batches, args.low, args.low_yield,
+                   healthy_yield=(args.healthy_min, args.healthy_max), inspect_share=args.inspect_share, seed=args.seed)
+    _write_table(sim.data.to_frame(), args.out)
+    print(f"wrote {args.out}: {sim.data.n_batches} batches, {sim.data.n_rows} rows, "
+          f"{sim.data.n_machines} machines used; low-yield: {', '.join(sim.low_yield_machines) or 'none'}")
+    if args.truth:
+        _write_table(sim.truth, args.truth)
+        print(f"wrote {args.truth}")
+    return 0
+
+
+def run_sizing(args) -> int:
+    import json
+
+    from fabguard.machine_yield import LowYieldDetector
+    from fabguard.machine_yield.sizing import batches_needed
+    from fabguard.outputs import atomic_path
+
+    detector = LowYieldDetector(resamples=args.resamples, alpha=args.alpha, threads=args.threads or os.cpu_count())
+    result = batches_needed(args.machines, args.low, args.low_yield, target_recall=args.target_recall, reps=args.reps,
+                            seed=args.seed, detector=detector, max_batches=args.max_batches, progress=not args.quiet)
+    print(result.tried.to_string(index=False, float_format="{:.3f}".format))
+    if result.batches is None:
+        print(f"recall {args.target_recall} was not reached up to {result.tried['batches'].max()} batches")
+    else:
+        print(f"{result.batches} batches reach mean recall >= {args.target_recall} for {args.machines} machines "
+              f"with {args.low} low-yield machine(s) at {args.low_yield} ({args.reps} simulations per count)")
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps({"batches": result.batches, "target_recall": result.target_recall,
+                                       "params": vars(args) | {"func": None},
+                                       "tried": result.tried.to_dict(orient="records")}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,299 @@
+"""Production records: one row per (batch, step), validated into the arrays the core works on.
+
+Row numbers in error messages count data rows from 1 in the order given (a CSV header is not a
+row), so that ``row 7`` is the seventh record of the file or table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fabguard.errors import InputError
+
+REQUIRED = ("batch", "step", "machine", "pieces_in", "defects")
+OPTIONAL = ("inspected",)
+COUNTS = ("step", "pieces_in", "defects")
+_TRUE = {"true", "t", "yes", "y", "1"}
+_FALSE = {"false", "f", "no", "n", "0"}
+
+
+@dataclass(frozen=True, eq=False)
+class ProductionData:
+    """Validated production records, rows grouped by batch in step order.
+
+    Batches keep the order of their first appearance in the input; machines are numbered in the
+    order they first appear in that sorted table.
+    """
+
+    batch_ids: np.ndarray  # (n_batches,) original batch ids
+    machine_ids: np.ndarray  # (n_machines,) original machine ids
+    batch_ptr: np.ndarray  # (n_batches + 1,) int64 row offsets
+    machine: np.ndarray  # (n_rows,) int32 machine index
+    pieces_in: np.ndarray  # (n_rows,) int64
+    defects: np.ndarray  # (n_rows,) int64
+    inspects: np.ndarray  # (n_rows,) uint8
+    source: str = "input"
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.batch_ids)
+
+    @property
+    def n_machines(self) -> int:
+        return len(self.machine_ids)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.machine)
+
+    @cached_property
+    def batch_of_row(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n_batches), np.diff(self.batch_ptr))
+
+    @cached_property
+    def start_pieces(self) -> np.ndarray:
+        return self.pieces_in[self.batch_ptr[:-1]]
+
+    @cached_property
+    def final_good(self) -> np.ndarray:
+        last = self.batch_ptr[1:] - 1
+        return self.pieces_in[last] - self.defects[last]
+
+    @cached_property
+    def batch_yield(self) -> np.ndarray:
+        """Final good pieces over pieces at start, per batch."""
+        return self.final_good / self.start_pieces
+
+    @cached_property
+    def detected_after(self) -> np.ndarray:
+        """Per row: defects detected at later steps of the same batch."""
+        total = np.cumsum(self.defects)
+        return total[self.batch_ptr[1:] - 1][self.batch_of_row] - total
+
+    @cached_property
+    def first_use(self) -> np.ndarray:
+        """Per row: True where the machine is used for the first time in its batch."""
+        key = self.batch_of_row.astype(np.int64) * self.n_machines + self.machine
+        first = np.zeros(self.n_rows, dtype=bool)
+        first[np.unique(key, return_index=True)[1]] = True
+        return first
+
+    @cached_property
+    def core(self):
+        """The validated C++ view (shares these arrays, no copy)."""
+        from fabguard import _core
+
+        return _core.Production(self.batch_ptr, self.machine, self.pieces_in, self.defects, self.inspects, self.n_machines)
+
+    def machine_usage(self) -> pd.DataFrame:
+        """Per machine: batches that used it, uses (steps), pieces processed, whether it inspects."""
+        m = self.machine
+        pairs = np.unique(self.batch_of_row.astype(np.int64) * self.n_machines + m)
+        return pd.DataFrame(
+            {
+                "machine": self.machine_ids,
+                "batches": np.bincount(pairs % self.n_machines, minlength=self.n_machines),
+                "uses": np.bincount(m, minlength=self.n_machines),
+                "pieces": np.bincount(m, weights=self.pieces_in, minlength=self.n_machines).astype(np.int64),
+                "detected": np.bincount(m, weights=self.defects, minlength=self.n_machines).astype(np.int64),
+                "inspects": np.bincount(m, weights=self.inspects, minlength=self.n_machines) > 0,
+            }
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """The records as a long table in the input format."""
+        starts = self.batch_ptr[:-1]
+        return pd.DataFrame(
+            {
+                "batch": self.batch_ids[self.batch_of_row],
+                "step": np.arange(self.n_rows) - np.repeat(starts, np.diff(self.batch_ptr)) + 1,
+                "machine": self.machine_ids[self.machine],
+                "pieces_in": self.pieces_in,
+                "defects": self.defects,
+                "inspected": self.inspects.astype(bool),
+            }
+        )
+
+
+def load_production(source) -> ProductionData:
+    """Read and validate production records.
+
+    ``source``: a CSV or Parquet path, a pandas DataFrame, a dict of equal-length arrays, or an
+    existing :class:`ProductionData` (returned as is). Columns: ``batch``, ``step`` (1-based order
+    within the batch), ``machine``, ``pieces_in``, ``defects``, and optionally ``inspected``
+    (default: a machine inspects wherever it detected a defect somewhere in the data).
+    Raises :class:`~fabguard.errors.InputError` naming the source, row, batch and column of the
+    first problem found.
+    """
+    if isinstance(source, ProductionData):
+        return source
+    frame, name = _read(source)
+    return _validate(frame, name)
+
+
+def _read(source) -> tuple[pd.DataFrame, str]:
+    if isinstance(source, pd.DataFrame):
+        return source.reset_index(drop=True), "DataFrame"
+    if isinstance(source, Mapping):
+        lengths = {k: len(np.asarray(v).reshape(-1)) for k, v in source.items()}
+        if len(set(lengths.values())) > 1:
+            raise InputError(f"dict input: columns have different lengths {lengths}")
+        return pd.DataFrame({k: np.asarray(v).reshape(-1) for k, v in source.items()}), "dict"
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        suffixes = "".join(path.suffixes[-2:]).lower()
+        try:
+            if path.suffix.lower() in (".parquet", ".pq"):
+                return pd.read_parquet(path).reset_index(drop=True), str(path)
+            if path.suffix.lower() in (".csv", ".txt") or suffixes.endswith((".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")):
+                return pd.read_csv(path, skipinitialspace=True), str(path)
+        except (ValueError, OSError, pd.errors.ParserError) as exc:
+            raise InputError(f"{path}: cannot be read: {exc}") from exc
+        raise InputError(f"{path}: unknown format (use .csv, .csv.gz or .parquet)")
+    raise InputError(f"cannot read production records from {type(source).__name__}")
+
+
+class _Where:
+    """Builds 'source: row N, batch B, column C: ...' messages for the original row order."""
+
+    def __init__(self, frame: pd.DataFrame, name: str):
+        self.frame = frame
+        self.name = name
+
+    def fail(self, row: int, column: str | None, what: str) -> InputError:
+        batch = self.frame["batch"].iat[row] if "batch" in self.frame else None
+        where = f"{self.name}: row {row + 1}"
+        if batch is not None and not pd.isna(batch):
+            where += f", batch {batch!r}"
+        if column:
+            where += f", column {column!r}"
+        return InputError(f"{where}: {what}")
+
+
+def _validate(frame: pd.DataFrame, name: str) -> ProductionData:
+    where = _Where(frame, name)
+    if len(frame) == 0:
+        raise InputError(f"{name}: no rows")
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if missing:
+        raise InputError(f"{name}: missing column(s) {missing}; found {list(frame.columns)}")
+    for column in REQUIRED:
+        nulls = np.flatnonzero(frame[column].isna().to_numpy())
+        if len(nulls):
+            raise where.fail(int(nulls[0]), column, "missing value")
+    counts = {c: _integers(frame, c, where) for c in COUNTS}
+    inspected = _booleans(frame, "inspected", where) if "inspected" in frame.columns else None
+
+    bad = np.flatnonzero(counts["step"] < 1)
+    if len(bad):
+        raise where.fail(int(bad[0]), "step", f"step numbers start at 1, got {counts['step'][bad[0]]}")
+    for column in ("pieces_in", "defects"):
+        bad = np.flatnonzero(counts[column] < 0)
+        if len(bad):
+            raise where.fail(int(bad[0]), column, f"negative count {counts[column][bad[0]]}")
+    bad = np.flatnonzero(counts["defects"] > counts["pieces_in"])
+    if len(bad):
+        r = int(bad[0])
+        raise where.fail(r, "defects", f"{counts['defects'][r]} defects exceed pieces_in {counts['pieces_in'][r]}")
+    if inspected is not None:
+        bad = np.flatnonzero((counts["defects"] > 0) & ~inspected)
+        if len(bad):
+            raise where.fail(int(bad[0]), "defects", "defects detected at a step marked inspected=false")
+
+    try:
+        batch_codes, batch_ids = pd.factorize(frame["batch"], sort=False)
+    except TypeError as exc:
+        raise InputError(f"{name}: column 'batch' holds values that cannot be compared: {exc}") from exc
+    dup = np.flatnonzero(pd.DataFrame({"b": batch_codes, "s": counts["step"]}).duplicated().to_numpy())
+    if len(dup):
+        raise where.fail(int(dup[0]), "step", f"step {counts['step'][dup[0]]} appears twice in this batch")
+
+    order = np.lexsort((counts["step"], batch_codes))
+    b_sorted = batch_codes[order]
+    starts = np.flatnonzero(np.r_[True, b_sorted[1:] != b_sorted[:-1]])
+    batch_ptr = np.r_[starts, len(order)].astype(np.int64)
+    position = np.arange(len(order)) - np.repeat(starts, np.diff(batch_ptr)) + 1
+    steps = counts["step"][order]
+    gap = np.flatnonzero(steps != position)
+    if len(gap):
+        k = int(gap[0])
+        expected = position[k]
+        raise where.fail(int(order[k]), "step", f"steps are not consecutive: step {expected} is missing before step {steps[k]}")
+
+    pieces = counts["pieces_in"][order]
+    defects = counts["defects"][order]
+    first = np.zeros(len(order), dtype=bool)
+    first[starts] = True
+    zero_start = np.flatnonzero(first & (pieces == 0))
+    if len(zero_start):
+        raise where.fail(int(order[zero_start[0]]), "pieces_in", "batch starts with zero pieces")
+    left = np.r_[0, pieces[:-1] - defects[:-1]]
+    grow = np.flatnonzero(~first & (pieces > left))
+    if len(grow):
+        k = int(grow[0])
+        raise where.fail(
+            int(order[k]), "pieces_in",
+            f"{pieces[k]} pieces enter step {steps[k]} but only {left[k]} left step {steps[k] - 1}",
+        )
+
+    try:
+        machine_codes, machine_ids = pd.factorize(frame["machine"].to_numpy()[order], sort=False)
+    except TypeError as exc:
+        raise InputError(f"{name}: column 'machine' holds values that cannot be compared: {exc}") from exc
+    if inspected is None:
+        detects = np.bincount(machine_codes, weights=defects, minlength=len(machine_ids)) > 0
+        inspects = detects[machine_codes]
+    else:
+        inspects = inspected[order]
+    return ProductionData(
+        batch_ids=np.asarray(batch_ids, dtype=object),
+        machine_ids=np.asarray(machine_ids, dtype=object),
+        batch_ptr=batch_ptr,
+        machine=machine_codes.astype(np.int32),
+        pieces_in=np.ascontiguousarray(pieces, dtype=np.int64),
+        defects=np.ascontiguousarray(defects, dtype=np.int64),
+        inspects=np.ascontiguousarray(inspects, dtype=np.uint8),
+        source=name,
+    )
+
+
+def _integers(frame: pd.DataFrame, column: str, where: _Where) -> np.ndarray:
+    raw = frame[column]
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = np.flatnonzero(values.isna().to_numpy())
+    if len(bad):
+        r = int(bad[0])
+        raise where.fail(r, column, f"not a number: {raw.iat[r]!r}")
+    as_float = values.to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(as_float) | (as_float != np.floor(as_float)) | (np.abs(as_float) > 2**53))
+    if len(bad):
+        r = int(bad[0])
+        raise where.fail(r, column, f"not a whole number: {raw.iat[r]!r}")
+    return as_float.astype(np.int64)
+
+
+def _booleans(frame: pd.DataFrame, column: str, where: _Where) -> np.ndarray:
+    raw = frame[column]
+    if raw.dtype == bool:
+        return raw.to_numpy()
+    out = np.empty(len(raw), dtype=bool)
+    for r, value in enumerate(raw.to_numpy()):
+        text = str(value).strip().lower()
+        if isinstance(value, (bool, np.bool_)):
+            out[r] = bool(value)
+        elif text in _TRUE or (isinstance(value, (int, float, np.number)) and value == 1):
+            out[r] = True
+        elif text in _FALSE or (isinstance(value, (int, float, np.number)) and value == 0):
+            out[r] = False
+        else:
+            raise where.fail(r, column, f"not a boolean: {value!r} (use true/false or 1/0)")
+    return out

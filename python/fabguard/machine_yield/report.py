@@ -1,0 +1,137 @@
+"""The result of a low-yield screen: a table per machine, the flagged list, JSON and a forest plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from fabguard.outputs import atomic_path
+
+
+@dataclass
+class YieldReport:
+    """Per-machine estimates and the low-yield list of one screening method.
+
+    ``machines`` has one row per machine, sorted by ``yield`` (lowest first), with at least:
+    ``machine, batches, uses, pieces, inspects, yield, ci_low, ci_high, p_value, significant,
+    low_yield``. ``significant`` marks machines whose yield is significantly below the threshold;
+    ``low_yield`` keeps the first ``max_candidates`` of those, which is the list to act on.
+    Methods add their own columns (see each estimator).
+    """
+
+    method: str
+    machines: pd.DataFrame
+    threshold: float
+    alpha: float
+    params: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def low_yield(self) -> list:
+        """Flagged machines, lowest estimated yield first (for commonality: smallest p first)."""
+        return self.machines.loc[self.machines["low_yield"], "machine"].tolist()
+
+    def to_pandas(self) -> pd.DataFrame:
+        return self.machines.copy()
+
+    def to_dict(self) -> dict:
+        records = json.loads(self.machines.to_json(orient="records", double_precision=15))
+        return {
+            "method": self.method,
+            "threshold": _finite_or_none(self.threshold),
+            "alpha": self.alpha,
+            "low_yield": json.loads(pd.Series(self.low_yield, dtype=object).to_json(orient="values")),
+            "params": self.params,
+            "summary": self.summary,
+            "machines": records,
+        }
+
+    def to_json(self, path=None, indent: int | None = 2) -> str:
+        """The report as JSON (NaN as null); also written atomically to ``path`` if given."""
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            with atomic_path(path) as tmp:
+                tmp.write_text(text + "\n")
+        return text
+
+    def to_text(self, top: int = 15) -> str:
+        """A terminal table: the flagged machines and the lowest ``top`` estimates."""
+        m = self.machines
+        shown = m[m["low_yield"] | (np.arange(len(m)) < top)]
+        columns = [c for c in ("machine", "batches", "pieces", "yield", "ci_low", "ci_high", "p_value",
+                               "q_value", "miss_rate", "low_yield") if c in shown.columns]
+        table = shown[columns].to_string(
+            index=False,
+            formatters={c: "{:.4f}".format for c in ("yield", "ci_low", "ci_high", "miss_rate")}
+            | {c: "{:.2e}".format for c in ("p_value", "q_value")},
+            na_rep="-",
+        )
+        head = (f"{self.method}: {len(m)} machines, threshold {self.threshold:.4f}, alpha {self.alpha}; "
+                f"low-yield: {', '.join(map(str, self.low_yield)) or 'none'}")
+        return head + "\n" + table
+
+    def plot(self, path=None, top: int = 30):
+        """Forest plot of the lowest ``top`` yields (and every flagged machine) with their CIs, the
+        threshold, and the flagged machines in red. Saved atomically to ``path`` if given."""
+        from matplotlib.figure import Figure
+
+        m = self.machines
+        shown = m[m["low_yield"] | (np.arange(len(m)) < top)].iloc[::-1]
+        fig = Figure(figsize=(7.5, 1.2 + 0.28 * len(shown)), layout="constrained")
+        ax = fig.add_subplot()
+        y = np.arange(len(shown))
+        est = shown["yield"].to_numpy(float)
+        lo = shown["ci_low"].to_numpy(float)
+        hi = shown["ci_high"].to_numpy(float)
+        flagged = shown["low_yield"].to_numpy(bool)
+        for mask, color, label in ((~flagged, "0.35", "not flagged"), (flagged, "tab:red", "low-yield")):
+            if mask.any():
+                err = np.vstack([est[mask] - lo[mask], hi[mask] - est[mask]])
+                err = np.where(np.isfinite(err), err, 0.0)
+                ax.errorbar(est[mask], y[mask], xerr=err, fmt="o", color=color, ms=4, capsize=2, label=label)
+        if math.isfinite(self.threshold):
+            ax.axvline(self.threshold, color="tab:blue", ls="--", lw=1, label=f"threshold {self.threshold:.4f}")
+        ax.set_yticks(y, [str(v) for v in shown["machine"]])
+        # Logit scale: healthy machines sit within 1e-3 of 1 and low ones far below, and both
+        # their CIs must stay readable on one axis.
+        ax.set_xscale("logit", one_half="0.5")
+        left, right = _logit_limits(np.r_[est, lo, hi, self.threshold])
+        ticks = [t for t in (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999, 0.9999, 0.99999) if left <= t <= right]
+        ax.set_xlim(left, right)
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("estimated yield, logit scale" + (" (with CI)" if np.isfinite(lo).any() else ""))
+        ax.set_title(f"{self.method}: lowest {min(top, len(m))} machines")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+        ax.grid(axis="x", alpha=0.3)
+        if path is not None:
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=120, format=str(path).rsplit(".", 1)[-1].lower())
+        return fig
+
+
+def flag(estimate: np.ndarray, p_value: np.ndarray, threshold: float, alpha: float,
+         max_candidates: int, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(significant, low_yield): estimate below the threshold with p < alpha; the first
+    ``max_candidates`` of those in ``order``."""
+    significant = (estimate < threshold) & (p_value < alpha)
+    low = np.zeros(len(estimate), dtype=bool)
+    ranked = order[significant[order]][:max_candidates]
+    low[ranked] = True
+    return significant, low
+
+
+def _logit_limits(values: np.ndarray) -> tuple[float, float]:
+    v = np.clip(values[np.isfinite(values)], 1e-6, 1 - 1e-6)
+    z = np.log(v / (1 - v))
+    pad = 0.08 * (z.max() - z.min() + 1.0)
+    lo, hi = z.min() - pad, z.max() + pad
+    return 1 / (1 + np.exp(-lo)), 1 / (1 + np.exp(-hi))
+
+
+def _finite_or_none(x: float):
+    return float(x) if x is not None and math.isfinite(x) else None

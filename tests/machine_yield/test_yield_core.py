@@ -1,0 +1,186 @@
+"""The C++ EM against a hand computation and the NumPy reference; threads, GIL, progress, validation."""
+
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fabguard import _core
+from fabguard.machine_yield import LowYieldDetector, load_production
+from fabguard.machine_yield.em import fit_subsets, initial_yields, starting_values
+
+
+def one_batch():
+    """A (plain), B and C (inspecting): 100 pieces, 4 defects found at B, 6 at C."""
+    return load_production(pd.DataFrame({
+        "batch": ["b"] * 3, "step": [1, 2, 3], "machine": ["A", "B", "C"],
+        "pieces_in": [100, 100, 96], "defects": [0, 4, 6], "inspected": [False, True, True],
+    }))
+
+
+@pytest.mark.parametrize("engine", ["cpp", "numpy"])
+def test_one_em_iteration_matches_hand_computation(engine):
+    data = one_batch()
+    start = (np.array([0.9, 0.8, 0.95]), np.array([1.0, 0.5, 0.2]))
+    fit = fit_subsets(data, [np.array([0])], tol=0.0, max_iter=1, engine=engine, start=start)
+    # E-step weights (1 - P_k) prod_{s<k} P_s prod_{s=k}^{j-1} a_s, normalised per detection step
+    e2 = 4 * np.array([0.1, 0.18]) / 0.28
+    e3 = 6 * np.array([0.05, 0.09, 0.036]) / 0.176
+    d = np.array([e2[0] + e3[0], e2[1] + e3[1], e3[2]])
+    g = 90 + np.array([e2[1] + e3[1] + e3[2], e3[2], 0.0])  # final good per use + good-then-bad
+    missed_b = e3[0] + e3[1]  # made at or before B's step, slipped past B, caught at C
+    np.testing.assert_allclose(fit.expected_defects[0], d, rtol=1e-12)
+    np.testing.assert_allclose(fit.yield_[0], g / (g + d), rtol=1e-12)
+    assert np.isnan(fit.miss_rate[0, 0])  # A does not inspect
+    np.testing.assert_allclose(fit.miss_rate[0, 1], missed_b / (missed_b + 4), rtol=1e-12)
+    assert fit.miss_rate[0, 2] == 1e-99  # nothing after C: it missed nothing (clamped like the script)
+
+
+@pytest.mark.parametrize("tol, max_iter", [(0.0, 25), (1e-3, 100), (1e-6, 200)])
+def test_cpp_agrees_with_numpy_reference(small_sim, tol, max_iter):
+    data = small_sim.data
+    subsets = [np.arange(data.n_batches)] + list(_core.draw_resamples(data.n_batches, 0.8, 6, seed=3))
+    start = starting_values(data)
+    cpp = fit_subsets(data, subsets, tol=tol, max_iter=max_iter, threads=2, start=start)
+    ref = fit_subsets(data, subsets, tol=tol, max_iter=max_iter, engine="numpy", start=start)
+    np.testing.assert_array_equal(cpp.n_iter, ref.n_iter)
+    np.testing.assert_array_equal(cpp.converged, ref.converged)
+    for name in ("yield_", "miss_rate", "expected_defects"):
+        a, b = getattr(cpp, name), getattr(ref, name)
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        scale = 1.0 if name != "expected_defects" else np.nanmax(np.abs(b))
+        assert np.nanmax(np.abs(a - b)) <= 1e-9 * scale, name
+
+
+def test_detector_engines_agree(small_sim):
+    cpp = LowYieldDetector(resamples=8, seed=5).fit(small_sim.data)
+    ref = LowYieldDetector(resamples=8, seed=5, engine="numpy").fit(small_sim.data)
+    assert cpp.low_yield_machines_ == ref.low_yield_machines_
+    assert np.nanmax(np.abs(cpp.resample_yields_.to_numpy() - ref.resample_yields_.to_numpy())) <= 1e-9
+
+
+def test_identical_for_any_thread_count(small_sim):
+    reports = [LowYieldDetector(resamples=12, threads=t, seed=7).fit(small_sim.data) for t in (1, 2, 3)]
+    for other in reports[1:]:
+        pd.testing.assert_frame_equal(other.report_.machines, reports[0].report_.machines, check_exact=True)
+        np.testing.assert_array_equal(other.resample_yields_.to_numpy(), reports[0].resample_yields_.to_numpy())
+
+
+def test_seed_decides_resamples():
+    a = _core.draw_resamples(100, 0.8, 5, seed=1)
+    np.testing.assert_array_equal(a, _core.draw_resamples(100, 0.8, 5, seed=1))
+    assert not np.array_equal(a, _core.draw_resamples(100, 0.8, 5, seed=2))
+    # row r depends only on (seed, r)
+    np.testing.assert_array_equal(a[:3], _core.draw_resamples(100, 0.8, 3, seed=1))
+    assert a.shape == (5, 80)
+    for row in a:
+        assert np.all(np.diff(row) > 0) and row.min() >= 0 and row.max() < 100
+
+
+def test_start_is_never_absorbing_and_survives_dead_batches(table):
+    dead = pd.concat([table, pd.DataFrame({"batch": ["B3"] * 2, "step": [1, 2], "machine": ["M1", "M2"],
+                                           "pieces_in": [5, 5], "defects": [0, 5]})], ignore_index=True)
+    data = load_production(dead)
+    assert data.final_good.min() == 0
+    p0 = initial_yields(data)
+    assert np.all(np.isfinite(p0)) and p0.max() <= 1 - 1e-6 and p0.min() >= 1e-6
+    report = LowYieldDetector(resamples=3, n_bootstrap=200).fit(data).report_
+    assert report.machines["yield_full"].between(0, 1).all()
+
+
+def test_machine_absent_from_a_resample_is_left_out(small_sim):
+    frame = small_sim.data.to_frame()
+    rare = pd.DataFrame({"batch": ["rare"] * 2, "step": [1, 2], "machine": ["RARE", frame["machine"].iloc[0]],
+                         "pieces_in": [100, 90], "defects": [0, 0], "inspected": [False, False]})
+    det = LowYieldDetector(resamples=20, seed=1).fit(pd.concat([frame, rare], ignore_index=True))
+    row = det.report_.machines.set_index("machine").loc["RARE"]
+    column = det.resample_yields_["RARE"]
+    assert 0 < row["resamples_used"] < 20
+    assert column.isna().sum() == 20 - row["resamples_used"]
+    assert row["yield"] == pytest.approx(column.mean())
+
+
+def test_gil_is_released_during_the_fit():
+    from fabguard.machine_yield import simulate
+
+    data = simulate(120, 3000, 2, seed=4).data
+    subsets = [np.arange(data.n_batches)] * 40
+    p0, a0 = starting_values(data)
+    ptr = np.arange(0, 41 * data.n_batches, data.n_batches, dtype=np.int64)
+    args = (data.core, ptr, np.concatenate(subsets), p0, a0)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (_core.fit_em(*args, tol=0.0, max_iter=40, threads=1), done.set()))
+    stamps = []
+    started = time.perf_counter()
+    worker.start()
+    while not done.is_set():
+        stamps.append(time.perf_counter())
+        time.sleep(0.001)
+    worker.join()
+    duration = time.perf_counter() - started
+    assert duration > 0.3, "the fit was too short to tell"
+    assert np.max(np.diff(stamps)) < 0.5 * duration  # the main thread kept running
+
+
+def test_progress_callback_and_its_errors(small_sim):
+    data = small_sim.data
+    subsets = [np.arange(data.n_batches)] * 5
+    seen = []
+    fit_subsets(data, subsets, threads=2, progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 5
+
+    def broken(done):
+        raise ZeroDivisionError("from the callback")
+
+    with pytest.raises(ZeroDivisionError, match="from the callback"):
+        fit_subsets(data, subsets, threads=2, progress=broken)
+
+
+def arrays():
+    return dict(batch_ptr=np.array([0, 2, 3], np.int64), machine=np.array([0, 1, 1], np.int32),
+                pieces_in=np.array([10, 9, 5], np.int64), defects=np.array([0, 1, 0], np.int64),
+                inspects=np.array([0, 1, 1], np.uint8), n_machines=2)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"machine": np.array([0, 2, 1], np.int32)}, "machine index 2 outside"),
+        ({"machine": np.array([0, -1, 1], np.int32)}, "machine index -1 outside"),
+        ({"batch_ptr": np.array([0, 0, 3], np.int64)}, "batch has no steps"),
+        ({"batch_ptr": np.array([0, 4, 3], np.int64)}, "points past the last row"),
+        ({"batch_ptr": np.array([1, 2, 3], np.int64)}, "batch_ptr[0] must be 0"),
+        ({"batch_ptr": np.array([0, 2, 4], np.int64)}, "batch_ptr[-1]"),
+        ({"defects": np.array([0, 10, 0], np.int64)}, "defects exceed pieces_in"),
+        ({"defects": np.array([1, 0, 0], np.int64)}, "does not inspect"),
+        ({"pieces_in": np.array([10, 11, 5], np.int64)}, "exceeds the pieces left"),
+        ({"pieces_in": np.array([10, 9, -5], np.int64)}, "negative"),
+        ({"inspects": np.array([0, 3, 1], np.uint8)}, "0 or 1"),
+        ({"pieces_in": np.array([10, 9], np.int64)}, "length 3"),
+        ({"n_machines": 0}, "no machines"),
+    ],
+)
+def test_core_validates_before_trusting_an_index(change, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        _core.Production(**(arrays() | change))
+
+
+def test_fit_em_rejects_bad_subsets_and_starts():
+    prod = _core.Production(**arrays())
+    ok = dict(subset_ptr=np.array([0, 2], np.int64), subset_idx=np.array([0, 1], np.int64),
+              p0=np.array([0.9, 0.9]), a0=np.array([0.5, 0.5]))
+    assert _core.fit_em(prod, **ok)["yield"].shape == (1, 2)
+    for change, message in [
+        ({"subset_idx": np.array([0, 2], np.int64)}, "batch index 2 outside"),
+        ({"subset_ptr": np.array([0, 0], np.int64), "subset_idx": np.array([], np.int64)}, "is empty"),
+        ({"subset_ptr": np.array([0, 3], np.int64)}, r"subset_ptr\[-1\]"),
+        ({"p0": np.array([0.9, 1.5])}, "p0 must lie"),
+        ({"a0": np.array([np.nan, 0.5])}, "a0 must lie"),
+        ({"p0": np.array([0.9])}, "p0 must be"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            _core.fit_em(prod, **(ok | change))
+    with pytest.raises(ValueError, match="threads"):
+        _core.fit_em(prod, **ok, threads=0)

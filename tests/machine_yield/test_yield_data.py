@@ -1,0 +1,153 @@
+"""Loading and validation of production records: every rule, every input format."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fabguard.errors import InputError
+from fabguard.machine_yield import LowYieldDetector, load_production
+
+
+def test_valid_table_is_grouped_by_batch_in_step_order(table):
+    shuffled = table.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    data = load_production(shuffled)
+    assert data.n_batches == 2 and data.n_machines == 4 and data.n_rows == 7
+    frame = data.to_frame().sort_values(["batch", "step"]).reset_index(drop=True)
+    expected = table.sort_values(["batch", "step"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(frame.drop(columns="inspected"), expected, check_dtype=False)
+    # default inspection rule: machines that detected something somewhere inspect everywhere
+    inspects = dict(zip(frame["machine"], frame["inspected"]))
+    assert inspects == {"M1": False, "M2": True, "M3": True, "M4": True}
+    assert dict(zip(data.batch_ids, data.final_good.tolist())) == {"B1": 95, "B2": 47}
+
+
+def test_formats_csv_parquet_dict_and_integer_ids(table, tmp_path):
+    csv, parquet = tmp_path / "p.csv", tmp_path / "p.parquet"
+    table.to_csv(csv, index=False)
+    table.to_parquet(parquet, index=False)
+    as_dict = {c: table[c].to_numpy() for c in table.columns}
+    loaded = [load_production(x).to_frame() for x in (table, csv, parquet, as_dict)]
+    for frame in loaded[1:]:
+        pd.testing.assert_frame_equal(frame, loaded[0])
+    ints = table.assign(batch=table["batch"].str[1:].astype(int), machine=table["machine"].str[1:].astype(int))
+    data = load_production(ints)
+    assert set(data.machine_ids) == {1, 2, 3, 4} and set(data.batch_ids) == {1, 2}
+
+
+def test_explicit_inspected_column(table):
+    data = load_production(table.assign(inspected=["no", "yes", "no", "1", "false", "true", "True"]))
+    frame = data.to_frame()
+    assert frame["inspected"].tolist() == [False, True, False, True, False, True, True]
+
+
+def _error(frame, tmp_path=None):
+    with pytest.raises(InputError) as info:
+        load_production(frame)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda t: t.drop(columns="defects"), ["missing column", "defects"]),
+        (lambda t: t.iloc[0:0], ["no rows"]),
+        (lambda t: t.assign(machine=t["machine"].where(t.index != 2, None)), ["row 3", "'machine'", "missing value"]),
+        (lambda t: t.assign(defects=t["defects"].astype(object).where(t.index != 5, "x")), ["row 6", "B2", "not a number"]),
+        (lambda t: t.assign(pieces_in=t["pieces_in"].where(t.index != 4, 50.5)), ["row 5", "B2", "not a whole number"]),
+        (lambda t: t.assign(defects=t["defects"].where(t.index != 1, -1)), ["row 2", "B1", "negative"]),
+        (lambda t: t.assign(defects=t["defects"].where(t.index != 3, 99)), ["row 4", "B1", "exceed pieces_in"]),
+        (lambda t: t.assign(pieces_in=t["pieces_in"].where(t.index != 2, 100)), ["row 3", "B1", "only 98 left"]),
+        (lambda t: t.assign(step=t["step"].where(t.index != 1, 1)), ["row 2", "B1", "appears twice"]),
+        (lambda t: t.assign(step=t["step"].where(t.index != 3, 5)), ["row 4", "B1", "not consecutive"]),
+        (lambda t: t.assign(step=t["step"] - 1), ["row 1", "start at 1"]),
+        (lambda t: t.assign(pieces_in=t["pieces_in"].where(t.index != 4, 0),
+                            defects=t["defects"].where(t.index < 4, 0)), ["row 5", "B2", "zero pieces"]),
+        (lambda t: t.assign(inspected=["no"] * 7), ["row 2", "B1", "inspected=false"]),
+        (lambda t: t.assign(inspected=["maybe"] * 7), ["row 1", "not a boolean"]),
+    ],
+)
+def test_every_rule_names_row_batch_and_column(table, change, words):
+    message = _error(change(table))
+    for word in words:
+        assert word in message, message
+
+
+def test_file_errors_name_the_file(table, tmp_path):
+    path = tmp_path / "records.csv"
+    table.assign(defects=table["defects"].where(table.index != 3, 99)).to_csv(path, index=False)
+    message = _error(path)
+    assert str(path) in message and "row 4" in message and "'B1'" in message
+    with pytest.raises(InputError, match="no such file"):
+        load_production(tmp_path / "missing.csv")
+    odd = tmp_path / "records.xlsx"
+    odd.write_text("x")
+    with pytest.raises(InputError, match="unknown format"):
+        load_production(odd)
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet")
+    with pytest.raises(InputError, match="cannot be read"):
+        load_production(bad)
+
+
+def test_dict_with_unequal_columns():
+    with pytest.raises(InputError, match="different lengths"):
+        load_production({"batch": [1, 2], "step": [1]})
+
+
+# Hypothesis: arbitrary small tables, mostly malformed, must never crash the interpreter: they load
+# (and then fit) or raise InputError.
+cell = st.one_of(st.integers(-3, 40), st.none(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3),
+                 st.booleans())
+counts = st.one_of(st.integers(-2, 40), cell)
+
+
+@st.composite
+def tables(draw):
+    n = draw(st.integers(0, 14))
+    columns = {
+        "batch": draw(st.lists(st.one_of(st.sampled_from(["a", "b", "c"]), st.integers(0, 2), st.none()), min_size=n, max_size=n)),
+        "step": draw(st.lists(st.one_of(st.integers(0, 6), cell), min_size=n, max_size=n)),
+        "machine": draw(st.lists(st.one_of(st.sampled_from(["m1", "m2", "m3", "m4"]), st.integers(0, 3), cell), min_size=n, max_size=n)),
+        "pieces_in": draw(st.lists(counts, min_size=n, max_size=n)),
+        "defects": draw(st.lists(st.one_of(st.integers(0, 3), counts), min_size=n, max_size=n)),
+    }
+    if draw(st.booleans()):
+        columns["inspected"] = draw(st.lists(st.one_of(st.booleans(), st.integers(0, 2), st.text(max_size=2)), min_size=n, max_size=n))
+    if draw(st.integers(0, 9)) == 0:
+        columns.pop(draw(st.sampled_from(sorted(columns))))
+    return pd.DataFrame(columns, dtype=object)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tables())
+def test_malformed_tables_never_crash(frame):
+    try:
+        data = load_production(frame)
+    except InputError:
+        return
+    report = LowYieldDetector(resamples=2, n_bootstrap=100, threads=2, seed=0).fit(data).report_
+    assert len(report.machines) == data.n_machines
+
+
+@st.composite
+def valid_tables(draw):
+    """Well-formed tables: the loader must accept them and the fit must run."""
+    rows = []
+    for b in range(draw(st.integers(1, 6))):
+        pieces = draw(st.integers(1, 60))
+        for step in range(1, draw(st.integers(1, 5)) + 1):
+            defects = draw(st.integers(0, pieces))
+            rows.append((f"b{b}", step, draw(st.sampled_from(["x", "y", "z", 7])), pieces, defects))
+            pieces -= defects + draw(st.integers(0, pieces - defects))
+    return pd.DataFrame(rows, columns=["batch", "step", "machine", "pieces_in", "defects"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(valid_tables())
+def test_valid_tables_always_fit(frame):
+    data = load_production(frame)
+    det = LowYieldDetector(resamples=2, n_bootstrap=100, threads=2).fit(data)
+    yields = det.yield_.to_numpy()
+    assert np.all((yields > 0) & (yields <= 1))
