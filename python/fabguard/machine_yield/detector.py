@@ -182,7 +182,7 @@ def bootstrap_below(estimates: np.ndarray, threshold: float, confidence: float, 
                 part = slice(chunk, chunk + 100)
                 res = stats.bootstrap(
                     (x[part],), np.mean, n_resamples=n_bootstrap, confidence_level=confidence, method="BCa",
-                    axis=-1, vectorized=True, rng=rng,
+                    axis=-1, vectorized=True, batch=1000, rng=rng,
                 )
                 low[cols[part]] = res.confidence_interval.low
                 high[cols[part]] = res.confidence_interval.high

@@ -24,19 +24,20 @@ def rep_seed(seed: int, rep: int) -> int:
 
 
 def evaluate(n_machines: int, n_batches: int, n_low: int, low_yield: float = 0.4, *, reps: int = 20,
-             seed: int = 0, detector: LowYieldDetector | None = None, progress: bool = False,
-             **simulate_kwargs) -> pd.DataFrame:
+             seed: int = 0, detector=None, progress: bool = False, **simulate_kwargs) -> pd.DataFrame:
     """Detection on ``reps`` simulated data sets; one row per repetition with recall (share of the
     true low-yield machines flagged), precision (share of flagged machines truly low; NaN if none
-    flagged) and the counts behind them."""
+    flagged) and the counts behind them. ``detector``: a :class:`LowYieldDetector` (default) or a
+    baseline; one with a ``seed`` gets each repetition's seed."""
     detector = detector or LowYieldDetector()
     rows = []
     for rep in tqdm(range(reps), desc=f"{n_machines} machines x {n_batches} batches", disable=not progress, leave=False):
         s = rep_seed(seed, rep)
         sim = simulate(n_machines, n_batches, n_low, low_yield, seed=s, **simulate_kwargs)
         fitted = copy.copy(detector)
-        fitted.seed = s
-        flagged = set(fitted.fit(sim.data).low_yield_machines_)
+        if hasattr(fitted, "seed"):
+            fitted.seed = s
+        flagged = set(fitted.fit(sim.data).report_.low_yield)
         truth = set(sim.low_yield_machines)
         hits = len(flagged & truth)
         rows.append({
