@@ -53,15 +53,15 @@ void validate(const Production& pr) {
 void validate(const Subsets& subsets, int64_t n_batches) {
     if (subsets.n_subsets <= 0) throw std::invalid_argument("no batch subsets given");
     if (subsets.ptr[0] != 0) throw std::invalid_argument("subset_ptr[0] must be 0");
-    for (int64_t s = 0; s < subsets.n_subsets; ++s) {
+    // All offsets first: an index is read only once every offset is known to be in order.
+    for (int64_t s = 0; s < subsets.n_subsets; ++s)
         if (subsets.ptr[s + 1] <= subsets.ptr[s])
             throw std::invalid_argument("subset " + std::to_string(s) + " is empty");
-        for (int64_t i = subsets.ptr[s]; i < subsets.ptr[s + 1]; ++i) {
-            if (subsets.idx[i] < 0 || subsets.idx[i] >= n_batches)
-                throw std::invalid_argument("subset " + std::to_string(s) + " holds batch index " +
-                                            std::to_string(subsets.idx[i]) + " outside [0, " +
-                                            std::to_string(n_batches) + ")");
-        }
+    for (int64_t i = 0; i < subsets.ptr[subsets.n_subsets]; ++i) {
+        if (subsets.idx[i] < 0 || subsets.idx[i] >= n_batches)
+            throw std::invalid_argument("subset_idx[" + std::to_string(i) + "] holds batch index " +
+                                        std::to_string(subsets.idx[i]) + " outside [0, " +
+                                        std::to_string(n_batches) + ")");
     }
 }
 

@@ -176,6 +176,7 @@ def test_fit_em_rejects_bad_subsets_and_starts():
         ({"subset_idx": np.array([0, 2], np.int64)}, "batch index 2 outside"),
         ({"subset_ptr": np.array([0, 0], np.int64), "subset_idx": np.array([], np.int64)}, "is empty"),
         ({"subset_ptr": np.array([0, 3], np.int64)}, r"subset_ptr\[-1\]"),
+        ({"subset_ptr": np.array([0, 5, 2], np.int64)}, "subset 1 is empty"),
         ({"p0": np.array([0.9, 1.5])}, "p0 must lie"),
         ({"a0": np.array([np.nan, 0.5])}, "a0 must lie"),
         ({"p0": np.array([0.9])}, "p0 must be"),

@@ -285,15 +285,12 @@ def _booleans(frame: pd.DataFrame, column: str, where: _Where) -> np.ndarray:
     raw = frame[column]
     if raw.dtype == bool:
         return raw.to_numpy()
-    out = np.empty(len(raw), dtype=bool)
-    for r, value in enumerate(raw.to_numpy()):
-        text = str(value).strip().lower()
-        if isinstance(value, (bool, np.bool_)):
-            out[r] = bool(value)
-        elif text in _TRUE or (isinstance(value, (int, float, np.number)) and value == 1):
-            out[r] = True
-        elif text in _FALSE or (isinstance(value, (int, float, np.number)) and value == 0):
-            out[r] = False
-        else:
-            raise where.fail(r, column, f"not a boolean: {value!r} (use true/false or 1/0)")
-    return out
+    text = raw.astype(str).str.strip().str.lower()
+    number = pd.to_numeric(raw, errors="coerce")
+    true = (text.isin(_TRUE) | (number == 1)).to_numpy()
+    false = (text.isin(_FALSE) | (number == 0)).to_numpy()
+    bad = np.flatnonzero(~(true | false))
+    if len(bad):
+        r = int(bad[0])
+        raise where.fail(r, column, f"not a boolean: {raw.iat[r]!r} (use true/false or 1/0)")
+    return true
