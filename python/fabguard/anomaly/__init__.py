@@ -1,0 +1,45 @@
+"""Unsupervised visual anomaly detection: PCA baseline, convolutional VAE, PatchCore-style detector,
+evaluation, ONNX export and an ONNX Runtime inspector. See docs/anomaly.md.
+
+Names are imported on first use (PEP 562), so ``fabguard anomaly --help`` does not load PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Augmentation": "augment",
+    "Detector": "base",
+    "Thresholds": "base",
+    "DECISIONS": "base",
+    "ImageSet": "images",
+    "load_dataset": "images",
+    "load_image": "images",
+    "load_images": "images",
+    "PCADetector": "pca",
+    "VAEDetector": "vae",
+    "PatchCoreDetector": "patchcore",
+    "export_onnx": "export",
+    "Inspector": "inspector",
+    "evaluate": "evaluate",
+    "make_dataset": "synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fabguard.anomaly' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"fabguard.anomaly.{_EXPORTS[name]}"), name)
+
+
+def load_detector(path):
+    """A detector saved with ``Detector.save`` (any kind)."""
+    from fabguard.anomaly.base import Detector
+
+    return Detector.load(path)
+
+
+__all__.append("load_detector")

@@ -1,0 +1,202 @@
+"""The case study's convolutional VAE (sections 2 and 3.4-3.5), within its 15M-parameter budget.
+
+Encoder: four 3x3 stride-2 conv blocks (BatchNorm, LeakyReLU) 1 -> 32 -> 64 -> 128 -> 256 channels, as
+in the case study's table. The table then flattens 256 x 16 x 16 = 65,536 values into two linear heads
+(2 x 8.4M parameters, 17M+ with the decoder's mirror), over the budget; here a 1x1 conv first squeezes
+the 256 channels to ``bottleneck_channels`` (32: 8,192 values), which keeps the spatial layout and the
+latent size 128 and brings the whole model to about 4.2M parameters. The decoder mirrors it with
+transposed convs and ends in a sigmoid. Loss: BCE (summed over pixels) + beta * KL, reparameterized.
+
+Scoring uses the posterior mean (no sampling), so scores are deterministic and exportable:
+score = mean squared reconstruction error, heatmap = per-pixel squared error (case study section 2).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from fabguard.anomaly.augment import Augmentation
+from fabguard.anomaly.base import Detector, to_gray
+from fabguard.errors import InputError
+
+CHANNELS = (32, 64, 128, 256)
+
+
+def _block(conv: nn.Module, channels: int) -> nn.Sequential:
+    return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.LeakyReLU(0.2))
+
+
+class ConvVAE(nn.Module):
+    """Grayscale convolutional VAE; ``forward`` takes the RGB batch and returns (scores, heatmaps)."""
+
+    def __init__(self, input_size: int = 256, latent_dim: int = 128, bottleneck_channels: int = 32):
+        super().__init__()
+        self.side = input_size // 2 ** len(CHANNELS)
+        self.bottleneck_channels = bottleneck_channels
+        flat = bottleneck_channels * self.side ** 2
+        encoder, c_in = [], 1
+        for c in CHANNELS:
+            encoder.append(_block(nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), c))
+            c_in = c
+        encoder.append(_block(nn.Conv2d(c_in, bottleneck_channels, 1, bias=False), bottleneck_channels))
+        self.encoder = nn.Sequential(*encoder, nn.Flatten())
+        self.mu = nn.Linear(flat, latent_dim)
+        self.logvar = nn.Linear(flat, latent_dim)
+        self.expand = nn.Linear(latent_dim, flat)
+        decoder = [_block(nn.Conv2d(bottleneck_channels, CHANNELS[-1], 1, bias=False), CHANNELS[-1])]
+        for c_in, c in zip(CHANNELS[::-1], CHANNELS[-2::-1]):
+            decoder.append(_block(nn.ConvTranspose2d(c_in, c, 4, stride=2, padding=1, bias=False), c))
+        decoder.append(nn.ConvTranspose2d(CHANNELS[0], 1, 4, stride=2, padding=1))
+        self.decoder = nn.Sequential(*decoder)
+
+    def encode(self, gray):
+        """(N, 1, S, S) -> posterior mean and log-variance (N, latent)."""
+        h = self.encoder(gray)
+        return self.mu(h), self.logvar(h)
+
+    def decode_logits(self, z):
+        h = F.leaky_relu(self.expand(z), 0.2).view(-1, self.bottleneck_channels, self.side, self.side)
+        return self.decoder(h)
+
+    def reconstruct(self, images):
+        """RGB batch -> (grey input (N, S, S), reconstruction from the posterior mean (N, S, S))."""
+        gray = to_gray(images)
+        mu, _ = self.encode(gray.unsqueeze(1))
+        return gray, torch.sigmoid(self.decode_logits(mu)).squeeze(1)
+
+    def forward(self, images):
+        gray, recon = self.reconstruct(images)
+        heatmap = (gray - recon) ** 2
+        return heatmap.flatten(1).mean(1), heatmap
+
+
+def vae_loss(net: ConvVAE, gray, beta: float, sample: bool = True):
+    """Per-image means over the batch: BCE summed over pixels, KL summed over latent dims."""
+    mu, logvar = net.encode(gray)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
+    logits = net.decode_logits(z)
+    recon = F.binary_cross_entropy_with_logits(logits, gray, reduction="sum") / len(gray)
+    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(gray)
+    return recon, kl, recon + beta * kl
+
+
+class EarlyStopping:
+    """Keeps a copy of the best state; ``step`` says stop after ``patience`` epochs without improvement."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.best_epoch, self.best_state, self.waited = patience, math.inf, 0, None, 0
+
+    def step(self, epoch: int, value: float, module: nn.Module) -> bool:
+        if value < self.best:
+            self.best, self.best_epoch, self.waited = value, epoch, 0
+            self.best_state = copy.deepcopy(module.state_dict())
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+
+class VAEDetector(Detector):
+    """Convolutional VAE trained as in the case study 3.5 (AdamW, cosine LR, KL annealing, clipping,
+    early stopping on validation reconstruction loss, best checkpoint kept)."""
+
+    kind = "vae"
+
+    def __init__(self, latent_dim: int = 128, bottleneck_channels: int = 32, beta: float = 1.0,
+                 epochs: int = 50, batch_size: int = 32, lr: float = 1e-3, lr_min: float = 1e-5,
+                 weight_decay: float = 1e-5, kl_anneal_epochs: int = 10, grad_clip: float = 1.0,
+                 patience: int = 10, augment: str = "none", input_size: int = 256, val_fraction: float = 0.2,
+                 review_quantile: float = 0.95, reject_quantile: float = 0.995, seed: int = 0):
+        self.latent_dim = latent_dim
+        self.bottleneck_channels = bottleneck_channels
+        self.beta = beta
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.lr_min = lr_min
+        self.weight_decay = weight_decay
+        self.kl_anneal_epochs = kl_anneal_epochs
+        self.grad_clip = grad_clip
+        self.patience = patience
+        self.augment = augment
+        self.input_size = input_size
+        self.val_fraction = val_fraction
+        self.review_quantile = review_quantile
+        self.reject_quantile = reject_quantile
+        self.seed = seed
+
+    def _new_module(self, state=None):
+        if self.input_size % 16 or self.input_size < 32:
+            raise InputError(f"VAE input size must be a multiple of 16 and at least 32, got {self.input_size}")
+        return ConvVAE(self.input_size, self.latent_dim, self.bottleneck_channels)
+
+    def beta_at(self, epoch: int) -> float:
+        """KL weight of an epoch (0-based): linear from 0 to ``beta`` over ``kl_anneal_epochs``."""
+        if self.kl_anneal_epochs <= 0:
+            return self.beta
+        return self.beta * min(1.0, epoch / self.kl_anneal_epochs)
+
+    def _fit(self, train, val, progress):
+        augment = Augmentation.preset(self.augment)
+        net = self._new_module()
+        generator = torch.Generator().manual_seed(self.seed)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs, eta_min=self.lr_min)
+        train_t, val_gray = torch.from_numpy(train), to_gray(torch.from_numpy(val)).unsqueeze(1)
+        self.history_, stopper = [], EarlyStopping(self.patience)
+        bar = tqdm(range(self.epochs), desc="training VAE", unit="epoch", disable=not progress)
+        for epoch in bar:
+            beta, lr = self.beta_at(epoch), optimizer.param_groups[0]["lr"]
+            net.train()
+            sums, seen = np.zeros(3), 0
+            order = torch.randperm(len(train_t), generator=generator)
+            for start in range(0, len(order), self.batch_size):
+                index = order[start:start + self.batch_size]
+                if len(index) < 2:  # BatchNorm needs two images
+                    continue
+                gray = to_gray(augment(train_t[index], generator)).unsqueeze(1)
+                losses = vae_loss(net, gray, beta)
+                optimizer.zero_grad()
+                losses[2].backward()
+                nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
+                optimizer.step()
+                sums += [v.item() * len(index) for v in losses]
+                seen += len(index)
+            schedule.step()
+            net.eval()
+            with torch.no_grad():
+                val_recon = float(vae_loss(net, val_gray, beta, sample=False)[0])
+            recon, kl, total = (float(v) for v in sums / max(seen, 1))
+            self.history_.append({"epoch": epoch + 1, "beta": beta, "lr": lr, "train_recon": recon,
+                                  "train_kl": kl, "train_total": total, "val_recon": val_recon})
+            bar.set_postfix(recon=f"{recon:.1f}", kl=f"{kl:.1f}", val=f"{val_recon:.1f}")
+            if not math.isfinite(total):
+                raise InputError(f"VAE training diverged at epoch {epoch + 1} (loss {total}); lower the learning rate")
+            if stopper.step(epoch + 1, val_recon, net):
+                break
+        net.load_state_dict(stopper.best_state)
+        self.best_epoch_ = stopper.best_epoch
+        return net
+
+    def reference(self, images, normals=None):
+        """The reconstruction from the posterior mean, grey replicated to RGB."""
+        self._check_fitted()
+        with torch.inference_mode():
+            _, recon = self.model_.reconstruct(torch.from_numpy(images))
+        return recon.unsqueeze(1).expand(-1, 3, -1, -1).numpy()
+
+    def _extra_state(self):
+        return {"history": self.history_, "best_epoch": self.best_epoch_}
+
+    def _load_extra_state(self, extra):
+        self.history_, self.best_epoch_ = extra["history"], extra["best_epoch"]
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
