@@ -1,0 +1,230 @@
+"""``fabguard active train | evaluate | route | simulate``. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+DATASETS = ("table", "ai4i2020", "secom", "simulate")
+RULES = ("random", "margin", "spread", "value_change", "value_brier", "value_cost")
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip()) if text else ()
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default="table",
+                   help="table: a CSV/Parquet file with the columns named below; ai4i2020 / secom: the UCI "
+                        "files (their column roles are built in); simulate: the simulator (--regime)")
+    g.add_argument("--data", type=Path, help="the table file, or the ai4i2020 / secom file or folder")
+    g.add_argument("--label", help="label column (0/1 or -1/1)")
+    g.add_argument("--basic", help="comma-separated basic feature columns")
+    g.add_argument("--advanced", help="comma-separated advanced feature columns")
+    g.add_argument("--categorical", help="comma-separated feature columns holding categories")
+    g.add_argument("--time", help="time column (for the time-ordered split)")
+    g.add_argument("--regime", default="reference", help="simulator regime (--dataset simulate)")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--teacher", choices=("mlp", "gbm"), default="mlp")
+    g.add_argument("--lambda", dest="distill_lambda", type=float, default=0.5, help="distillation weight")
+    g.add_argument("--temperature", type=float, default=2.0)
+    g.add_argument("--members", type=int, default=3, help="ensemble members per network")
+    g.add_argument("--calibration", choices=("platt", "isotonic"), default="platt")
+    c = p.add_argument_group("costs (per product)")
+    c.add_argument("--cost-basic", type=float, default=1.0)
+    c.add_argument("--cost-advanced", type=float, default=10.0)
+    c.add_argument("--cost-miss", type=float, default=500.0)
+    c.add_argument("--cost-false-alarm", type=float, default=50.0)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument("--threads", type=int, default=1, help="PyTorch threads (small MLPs run best on 1)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train teacher, student and routing; save them with ONNX graphs")
+    _data_args(p)
+    _model_args(p)
+    _common(p)
+    p.add_argument("--sample-rate", type=float, default=1.0,
+                   help="keep advanced results for only this random share of products (1: use the table as is)")
+    p.add_argument("--rule", choices=RULES, default="value_brier", help="default routing rule of the model")
+    p.add_argument("--budget", type=float, help="default share to inspect (default: cost-minimising on validation)")
+    p.add_argument("--out", type=Path, required=True, help="model directory")
+    p.set_defaults(func=train)
+
+    p = subparsers.add_parser("evaluate", help="metrics against the advanced-inspection ratio, over seeds and splits")
+    _data_args(p)
+    _model_args(p)
+    _common(p)
+    p.add_argument("--sample-rate", type=float, default=0.2, help="share of development products with advanced results")
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds, from --seed on")
+    p.add_argument("--splits", nargs="+", choices=("stratified", "time"), default=["stratified", "time"])
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--fpr", type=float, default=0.05, help="false-alarm rate for the recall metric")
+    p.add_argument("--out", type=Path, required=True, help="results directory")
+    p.set_defaults(func=evaluate)
+
+    p = subparsers.add_parser("route", help="route a table of products with a saved model")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="CSV / Parquet with the model's basic columns")
+    p.add_argument("--out", type=Path, required=True, help="CSV: decision, fault_score, routing_score, final_score")
+    p.add_argument("--budget", type=float, help="share of products to inspect (default: the model's)")
+    p.add_argument("--money", type=float, help="money for advanced inspections (batch: in all; stream: per product)")
+    p.add_argument("--mode", choices=("batch", "stream"), default="batch")
+    p.add_argument("--rule", choices=RULES, help="routing rule (default: the model's)")
+    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
+    _common(p)
+    p.set_defaults(func=route)
+
+    p = subparsers.add_parser("simulate", help="write a simulated table of basic and advanced inspections")
+    p.add_argument("--regime", default="reference", help="named parameter set (overridden by the options below)")
+    p.add_argument("--n-products", type=int)
+    p.add_argument("--info-gap", type=float)
+    p.add_argument("--label-noise", type=float)
+    p.add_argument("--fault-rate", type=float)
+    p.add_argument("--sample-rate", type=float, default=1.0)
+    p.add_argument("--out", type=Path, required=True, help="CSV file")
+    _common(p)
+    p.set_defaults(func=simulate)
+
+
+def _setup(args) -> None:
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+
+def _regime(name: str) -> dict:
+    from fabguard.active.simulate import REGIMES
+    from fabguard.errors import InputError
+
+    if name not in REGIMES:
+        raise InputError(f"unknown simulator regime {name!r}; known: {sorted(REGIMES)}")
+    return dict(REGIMES[name])
+
+
+def _load(args):
+    from fabguard.active import data
+    from fabguard.active.simulate import simulate_inspections
+    from fabguard.errors import InputError
+
+    if args.dataset == "simulate":
+        return simulate_inspections(**_regime(args.regime), seed=args.seed)
+    if args.data is None:
+        raise InputError(f"--dataset {args.dataset} needs --data")
+    if args.dataset == "ai4i2020":
+        return data.load_ai4i2020(args.data)
+    if args.dataset == "secom":
+        return data.load_secom(args.data)
+    if not (args.label and args.basic and args.advanced):
+        raise InputError("a table needs --label, --basic and --advanced")
+    roles = data.Roles(label=args.label, basic=_names(args.basic), advanced=_names(args.advanced),
+                       categorical=_names(args.categorical), time=args.time)
+    frame = data.read_table(args.data)
+    data.check_columns(frame, [roles.label, *roles.features] + ([roles.time] if roles.time else []))
+    return frame, roles
+
+
+def _cost(args):
+    from fabguard.active.routing import CostModel
+
+    return CostModel(basic=args.cost_basic, advanced=args.cost_advanced, miss=args.cost_miss,
+                     false_alarm=args.cost_false_alarm)
+
+
+def _params(args) -> dict:
+    return {"teacher": args.teacher, "n_members": args.members, "calibration": args.calibration}
+
+
+def train(args) -> int:
+    _setup(args)
+    import numpy as np
+    from tqdm import tqdm
+
+    from fabguard.active import data, export
+    from fabguard.active.inspector import ActiveInspector
+
+    frame, roles = _load(args)
+    if args.sample_rate < 1:
+        frame = data.mask_unsampled(frame, roles, args.sample_rate, np.random.default_rng(args.seed))
+    inspector = ActiveInspector(roles, distill_lambda=args.distill_lambda, temperature=args.temperature,
+                                rule=args.rule, budget=args.budget, cost=_cost(args), random_state=args.seed,
+                                **_params(args))
+    with tqdm(total=6, desc="train", file=sys.stderr) as bar:
+        inspector.fit(frame, progress=lambda step: (bar.set_postfix_str(f"{step} done"), bar.update(1)))
+    manifest = export.save(inspector, args.out, seed=args.seed)
+    print(json.dumps({"model": str(args.out), "best_budget": manifest["best_budget"],
+                      "onnx_max_abs_diff": {k: v["max_abs_diff_vs_torch"] for k, v in manifest["onnx"].items()}},
+                     indent=1))
+    return 0
+
+
+def evaluate(args) -> int:
+    _setup(args)
+    from tqdm import tqdm
+
+    from fabguard.active.evaluate import evaluate_routing, write_results
+
+    frame, roles = _load(args)
+    students = {"undistilled": {"distill_lambda": 0.0},
+                "distilled": {"distill_lambda": args.distill_lambda, "temperature": args.temperature}}
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    with tqdm(total=len(seeds) * len(args.splits) * len(students), desc="evaluate", file=sys.stderr) as bar:
+        curves = evaluate_routing(frame, roles, seeds, splits=args.splits, sample_rate=args.sample_rate, students=students,
+                     cost=_cost(args), fpr=args.fpr, test_fraction=args.test_fraction, progress=bar.update,
+                     **_params(args))
+    settings = {"dataset": args.dataset, "regime": args.regime if args.dataset == "simulate" else None,
+                "seeds": seeds, "splits": args.splits, "sample_rate": args.sample_rate, "fpr": args.fpr,
+                "test_fraction": args.test_fraction, "cost": vars(_cost(args)), "students": students,
+                **_params(args)}
+    title = args.dataset if args.dataset != "simulate" else f"simulate/{args.regime}"
+    command = "fabguard " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    write_results(curves, args.out, title, command, settings)
+    print(f"results in {args.out}")
+    return 0
+
+
+def route(args) -> int:
+    _setup(args)
+    from fabguard.active import data
+    from fabguard.active.router import Router
+    from fabguard.active.routing import RandomRule
+    from fabguard.outputs import atomic_path
+
+    router = Router.load(args.model, backend=args.backend)
+    router.inspector.rules_["random"] = RandomRule(args.seed)
+    frame = data.read_table(args.data)
+    result = router.route(frame, budget=args.budget, money=args.money, mode=args.mode, rule=args.rule)
+    with atomic_path(args.out) as tmp:
+        result.to_csv(tmp, index_label="row")
+    inspected = int((result["decision"] == "inspect").sum())
+    print(f"{inspected} of {len(result)} products sent to advanced inspection; results in {args.out}")
+    return 0
+
+
+def simulate(args) -> int:
+    from fabguard.active.simulate import simulate_inspections
+    from fabguard.outputs import atomic_path
+
+    params = _regime(args.regime)
+    overrides = {"n_products": args.n_products, "info_gap": args.info_gap, "label_noise": args.label_noise,
+                 "fault_rate": args.fault_rate, "sample_rate": args.sample_rate}
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    frame, roles = simulate_inspections(**params, seed=args.seed)
+    with atomic_path(args.out) as tmp:
+        frame.to_csv(tmp, index=False)
+    print(json.dumps({"out": str(args.out), "roles": roles.to_dict(), "fault_rate": float(frame[roles.label].mean())}))
+    return 0

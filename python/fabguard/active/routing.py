@@ -1,0 +1,162 @@
+"""Routing rules (which products get the advanced inspection), budgets and the cost model.
+
+Every rule maps a batch of student outputs to a routing score (higher = inspect first); the batch mode
+inspects the top share, the streaming mode compares each product with a threshold calibrated on
+validation scores so that the budget is met on average.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from fabguard.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+    """Costs per product: every product pays ``basic``; routed products pay ``advanced``; a fault
+    passed as good pays ``miss``; a good product flagged pays ``false_alarm``. Decisions flag a product
+    when its calibrated fault probability exceeds the Bayes threshold ``false_alarm / (false_alarm + miss)``."""
+
+    basic: float = 1.0
+    advanced: float = 10.0
+    miss: float = 500.0
+    false_alarm: float = 50.0
+
+    def __post_init__(self):
+        if min(self.basic, self.advanced, self.miss, self.false_alarm) < 0 or self.miss + self.false_alarm == 0:
+            raise InputError(f"cost model {self}: costs must be >= 0 and miss + false_alarm > 0")
+
+    @property
+    def threshold(self) -> float:
+        return self.false_alarm / (self.false_alarm + self.miss)
+
+    def per_product(self, y: np.ndarray, final_score: np.ndarray, routed: np.ndarray) -> float:
+        """Realised cost per product: inspections actually made plus the errors of the final decisions.
+        The advanced cost is counted only for routed products."""
+        y, flag = np.asarray(y), np.asarray(final_score) > self.threshold
+        errors = self.miss * np.sum(~flag & (y == 1)) + self.false_alarm * np.sum(flag & (y == 0))
+        return float(self.basic + self.advanced * np.mean(routed) + errors / len(y))
+
+
+VALUE_TARGETS = ("change", "brier", "cost")
+
+
+def inspection_value(p_student: np.ndarray, p_teacher: np.ndarray, y: np.ndarray, cost: CostModel) -> np.ndarray:
+    """What the advanced inspection was worth for each product, ``(n, 3)`` in the order of
+    ``VALUE_TARGETS``, from calibrated student and teacher probabilities (out-of-fold) and the label:
+
+    - ``change``: |p_teacher - p_student|, the expected prediction change of Shim et al. (2021); label-free,
+      so it also rewards changes for the worse;
+    - ``brier``: reduction of the squared error (p - y)^2, i.e. how much the prediction improved;
+    - ``cost``: miss / false-alarm cost saved by deciding with the teacher instead of the student.
+
+    A regression on basic features then estimates the expected value given what the basic inspection saw.
+    """
+    y = np.asarray(y)
+    flag_s, flag_t = p_student > cost.threshold, p_teacher > cost.threshold
+
+    def decision_cost(flag):
+        return np.where(flag, (1 - y) * cost.false_alarm, y * cost.miss)
+
+    return np.column_stack([np.abs(p_teacher - p_student), (p_student - y) ** 2 - (p_teacher - y) ** 2,
+                            decision_cost(flag_s) - decision_cost(flag_t)])
+
+
+@dataclasses.dataclass
+class Batch:
+    """What a rule may look at: the calibrated student fault score, each ensemble member's probability
+    and the routing model's predicted values of inspection ``(n, targets)`` (all from basic features)."""
+
+    fault_score: np.ndarray
+    member_proba: np.ndarray
+    value: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.fault_score)
+
+
+class RandomRule:
+    """Random sampling, the baseline every fab uses. Seeded; successive calls draw fresh numbers, so
+    a stream of single products is sampled at the budgeted rate."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def score(self, batch: Batch) -> np.ndarray:
+        return self.rng.random(len(batch))
+
+
+class MarginRule:
+    """Student uncertainty as closeness of its calibrated score to the decision threshold."""
+
+    name = "margin"
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def score(self, batch: Batch) -> np.ndarray:
+        return -np.abs(batch.fault_score - self.threshold)
+
+
+class SpreadRule:
+    """Student uncertainty as the spread (standard deviation) of its ensemble members' probabilities."""
+
+    name = "spread"
+
+    def score(self, batch: Batch) -> np.ndarray:
+        return batch.member_proba.std(axis=1)
+
+
+class ValueRule:
+    """Learned value of inspection: the routing model's prediction, from basic features, of what the
+    advanced inspection would be worth for this product (one rule per target of ``inspection_value``)."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.name = f"value_{target}"
+
+    def score(self, batch: Batch) -> np.ndarray:
+        return batch.value[:, VALUE_TARGETS.index(self.target)]
+
+
+def make_rules(threshold: float, seed: int) -> dict:
+    rules = [RandomRule(seed), MarginRule(threshold), SpreadRule()] + [ValueRule(t) for t in VALUE_TARGETS]
+    return {r.name: r for r in rules}
+
+
+def batch_count(n: int, fraction: float | None = None, money: float | None = None,
+                cost: CostModel | None = None) -> int:
+    """How many of ``n`` products a batch budget pays for: a ``fraction`` of them, or the advanced
+    inspections that ``money`` buys at ``cost.advanced`` each."""
+    if (fraction is None) == (money is None):
+        raise InputError("give exactly one budget: a fraction of products or an amount of money")
+    if money is not None:
+        if money < 0 or cost is None or cost.advanced <= 0:
+            raise InputError(f"money budget {money}: needs money >= 0 and an advanced inspection cost > 0")
+        return int(min(n, np.floor(money / cost.advanced + 1e-9)))
+    if not 0 <= fraction <= 1:
+        raise InputError(f"budget fraction {fraction} is not in [0, 1]")
+    return int(round(fraction * n))
+
+
+def select_top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Batch mode: the ``k`` highest routing scores (ties broken by position)."""
+    routed = np.zeros(len(scores), bool)
+    routed[np.argsort(-np.asarray(scores), kind="stable")[:k]] = True
+    return routed
+
+
+def stream_threshold(validation_scores: np.ndarray, fraction: float) -> float:
+    """Streaming mode: the routing-score threshold that validation products exceed at rate ``fraction``."""
+    if not 0 <= fraction <= 1:
+        raise InputError(f"budget fraction {fraction} is not in [0, 1]")
+    if fraction == 0:
+        return np.inf
+    if fraction == 1:
+        return -np.inf
+    return float(np.quantile(validation_scores, 1 - fraction))
