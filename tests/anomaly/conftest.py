@@ -37,7 +37,9 @@ def test_set(synthetic_root):
 @pytest.fixture(scope="session")
 def detectors(normals) -> dict:
     """One small fitted detector of each kind."""
-    from fabguard.anomaly import PatchCoreDetector, PCADetector, VAEDetector
+    from fabguard.anomaly.patchcore import PatchCoreDetector
+    from fabguard.anomaly.pca import PCADetector
+    from fabguard.anomaly.vae import VAEDetector
 
     return {
         "pca": PCADetector(n_components=8, input_size=SIZE).fit(normals.images),
@@ -49,7 +51,7 @@ def detectors(normals) -> dict:
 @pytest.fixture(scope="session")
 def artifacts(detectors, tmp_path_factory) -> dict:
     """Each detector exported to ONNX."""
-    from fabguard.anomaly import export_onnx
+    from fabguard.anomaly.export import export_onnx
 
     folder = tmp_path_factory.mktemp("onnx")
     return {kind: export_onnx(d, folder / f"{kind}.onnx") for kind, d in detectors.items()}

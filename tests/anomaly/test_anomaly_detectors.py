@@ -7,10 +7,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fabguard.anomaly import PatchCoreDetector, PCADetector, VAEDetector, load_detector
-from fabguard.anomaly.base import to_gray
-from fabguard.anomaly.patchcore import greedy_coreset
-from fabguard.anomaly.vae import ConvVAE, EarlyStopping, parameter_count
+from fabguard.anomaly.base import Detector, to_gray
+from fabguard.anomaly.patchcore import PatchCoreDetector, greedy_coreset
+from fabguard.anomaly.pca import PCADetector
+from fabguard.anomaly.vae import ConvVAE, EarlyStopping, VAEDetector, parameter_count
 from fabguard.errors import InputError
 
 KINDS = ("pca", "vae", "patchcore")
@@ -38,7 +38,7 @@ def test_thresholds_do_not_flag_every_normal_image(detectors, test_set, kind):
 def test_save_load_round_trip_is_exact(detectors, test_set, kind, tmp_path):
     detector = detectors[kind]
     detector.save(tmp_path / "m.pt")
-    loaded = load_detector(tmp_path / "m.pt")
+    loaded = Detector.load(tmp_path / "m.pt")
     assert type(loaded) is type(detector) and loaded.get_params() == detector.get_params()
     assert loaded.thresholds_ == detector.thresholds_ and loaded.fingerprint_ == detector.fingerprint_
     a, b = detector.score(test_set.images), loaded.score(test_set.images)
@@ -56,9 +56,9 @@ def test_reference_images_have_the_image_shape(detectors, test_set, normals):
 def test_load_rejects_other_files(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"not a model")
     with pytest.raises(InputError, match="not a fabguard anomaly model"):
-        load_detector(tmp_path / "x.pt")
+        Detector.load(tmp_path / "x.pt")
     with pytest.raises(InputError, match="no such model file"):
-        load_detector(tmp_path / "missing.pt")
+        Detector.load(tmp_path / "missing.pt")
 
 
 def test_unfitted_and_wrong_size_inputs(detectors):
@@ -146,3 +146,16 @@ def test_patchcore_memory_bank_size_and_validation(detectors, normals):
         PatchCoreDetector(input_size=64, crop_size=None, coreset_ratio=0).fit(normals.images)
     with pytest.raises(InputError, match="feature layers"):
         PatchCoreDetector(input_size=64, crop_size=None, layers=(14, 4)).fit(normals.images)
+
+
+def test_public_api():
+    import fabguard.anomaly as api
+
+    assert getattr(api, "__file__", None), (
+        "fabguard/anomaly/__init__.py was not loaded: the editable install's file map predates it; "
+        "re-run `pip install -e . --no-build-isolation`")
+    for name in api.__all__:
+        assert getattr(api, name) is not None
+    assert api.PCADetector is PCADetector and api.load_detector is Detector.load
+    with pytest.raises(AttributeError):
+        api.NoSuchThing

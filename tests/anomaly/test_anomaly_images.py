@@ -37,7 +37,9 @@ def test_16bit_png_and_tiff_use_full_16bit_range(tmp_path):
     png = load_image(_png(a, tmp_path / "a.png"), 8)
     tifffile.imwrite(tmp_path / "a.tif", a)
     tif = load_image(tmp_path / "a.tif", 8)
-    for out in (png, tif):
+    tifffile.imwrite(tmp_path / "big_endian.tif", a, byteorder=">")
+    big_endian = load_image(tmp_path / "big_endian.tif", 8)
+    for out in (png, tif, big_endian):
         assert out[0, 0, 0] == pytest.approx(1.0)
         assert out[0, 4, 4] == pytest.approx(32768 / 65535, abs=1e-6)
 

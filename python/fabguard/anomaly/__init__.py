@@ -11,6 +11,7 @@ import importlib
 _EXPORTS = {
     "Augmentation": "augment",
     "Detector": "base",
+    "load_detector": "base",
     "Thresholds": "base",
     "DECISIONS": "base",
     "ImageSet": "images",
@@ -22,7 +23,6 @@ _EXPORTS = {
     "PatchCoreDetector": "patchcore",
     "export_onnx": "export",
     "Inspector": "inspector",
-    "evaluate": "evaluate",
     "make_dataset": "synthetic",
 }
 
@@ -33,13 +33,3 @@ def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'fabguard.anomaly' has no attribute {name!r}")
     return getattr(importlib.import_module(f"fabguard.anomaly.{_EXPORTS[name]}"), name)
-
-
-def load_detector(path):
-    """A detector saved with ``Detector.save`` (any kind)."""
-    from fabguard.anomaly.base import Detector
-
-    return Detector.load(path)
-
-
-__all__.append("load_detector")

@@ -202,6 +202,8 @@ class Detector(BaseEstimator, ABC):
             raise InputError(f"the {self.kind} detector is not fitted: call fit() or load a saved model")
 
 
+load_detector = Detector.load
+
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL's "L" mode
 
 

@@ -28,6 +28,8 @@ NORMAL = "good"  # MVTec's name for the defect-free class
 
 def to_unit_float(array: np.ndarray, where: str) -> np.ndarray:
     """Pixel values as float32 in [0, 1]: uint8 / 255, uint16 / 65535, floats must already be in [0, 1]."""
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if array.dtype == np.uint16:

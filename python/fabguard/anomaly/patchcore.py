@@ -106,8 +106,9 @@ class PatchCoreScorer(nn.Module):
         f = self.embed(images)
         n, d, h, w = f.shape
         q = f.permute(0, 2, 3, 1).reshape(-1, d) - self.center
-        d2 = (q * q).sum(1, keepdim=True) - 2.0 * (q @ self.bank.T) + self.bank_sq
-        return d2.amin(1).clamp_min(0.0).sqrt().view(n, h, w)
+        # min_b |q - b|^2 = |q|^2 + min_b (|b|^2 - 2 q.b): one (patches x bank) buffer, as one Gemm
+        nearest = torch.addmm(self.bank_sq, q, self.bank.T, alpha=-2.0).amin(1) + (q * q).sum(1)
+        return nearest.clamp_min(0.0).sqrt().view(n, h, w)
 
     def smooth(self, heat):
         """Separable Gaussian blur of (N, 1, H, W), reflecting at the border."""
