@@ -29,6 +29,7 @@ from fabguard.anomaly.images import load_dataset
 from fabguard.anomaly.patchcore import PatchCoreDetector
 from fabguard.anomaly.pca import PCADetector
 from fabguard.anomaly.vae import VAEDetector, parameter_count
+from fabguard.outputs import atomic_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,6 +106,13 @@ def main() -> int:
     ])
     write_comparison(runs, results_dir, note=note + "\n\n" + per_type_table(runs))
     write_json(parities, results_dir / "parity.json")
+    table = [f"# ONNX Runtime (CPU) vs PyTorch on the 100 transistor test images (seed-{args.seed} models)", "",
+             f"Command: `{command}`", "", "| model | max abs diff score | max abs diff heatmap | max abs score |",
+             "| --- | --- | --- | --- |"]
+    table += [f"| {name} | {p['max_abs_diff_score']:.2e} | {p['max_abs_diff_heatmap']:.2e} | {p['max_abs_score']:.4g} |"
+              for name, p in parities.items()]
+    with atomic_path(results_dir / "parity.md") as tmp:
+        tmp.write_text("\n".join(table) + "\n")
     print((results_dir / "comparison.md").read_text())
     return 0
 

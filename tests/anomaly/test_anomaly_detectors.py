@@ -47,6 +47,16 @@ def test_save_load_round_trip_is_exact(detectors, test_set, kind, tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
 
 
+def test_fit_warns_when_validation_is_too_small_for_the_quantile(normals):
+    with pytest.warns(UserWarning, match="largest of the 6 validation scores"):
+        PCADetector(n_components=3, input_size=64).fit(normals.images)  # 6 < 1 / (1 - 0.95)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PCADetector(n_components=3, input_size=64, review_quantile=0.5).fit(normals.images)
+
+
 def test_reference_images_have_the_image_shape(detectors, test_set, normals):
     for detector in detectors.values():
         ref = detector.reference(test_set.images[:2], normals.images)

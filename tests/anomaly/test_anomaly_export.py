@@ -106,6 +106,7 @@ def test_tensorrt_provider_gets_engine_cache_and_shape_profile(tmp_path):
     assert options["trt_profile_min_shapes"] == "images:1x3x256x256"
     assert options["trt_profile_max_shapes"] == "images:64x3x256x256"
     assert provider_options("CPUExecutionProvider", 256, 64, tmp_path, False) == {}
+    assert provider_options("CUDAExecutionProvider", 256, 64, tmp_path, False) == {"use_tf32": 0}
 
 
 def test_png_written_by_inspector_user_round_trip(artifacts, tmp_path):

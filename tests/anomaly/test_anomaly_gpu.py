@@ -50,6 +50,8 @@ def test_gpu_providers_match_cpu(artifacts, test_set, providers, tmp_path):
     assert gpu.providers[0] == providers[0]
     cpu = Inspector(artifacts["vae"], providers=["CPUExecutionProvider"])
     a, b = gpu.inspect(test_set.images), cpu.inspect(test_set.images)
-    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-3, atol=1e-5)
+    # CUDA runs FP32 without TF32; TensorRT may pick TF32 kernels, hence its looser tolerance
+    rtol = 1e-3 if providers[0] == "CUDAExecutionProvider" else 1e-2
+    np.testing.assert_allclose(a.scores, b.scores, rtol=rtol, atol=1e-5)
     if providers[0] == "TensorrtExecutionProvider":
         assert any((tmp_path / "cache").iterdir())  # engine cached for the next start

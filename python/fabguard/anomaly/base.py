@@ -9,7 +9,6 @@ exactly what ``score`` computes.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from abc import ABC, abstractmethod
@@ -113,11 +112,11 @@ class Detector(BaseEstimator, ABC):
         self.model_ = self._fit(images[train], images[val], progress).eval()
         self.val_scores_ = self.score(images[val])[0]
         self.thresholds_ = Thresholds.calibrate(self.val_scores_, self.review_quantile, self.reject_quantile)
-        needed = math.ceil(1 / (1 - self.review_quantile)) if self.review_quantile < 1 else 1
-        if len(val) < needed:
-            warnings.warn(f"only {len(val)} validation images: a {self.review_quantile} quantile needs at least "
-                          f"{needed}, so the REVIEW threshold is the validation maximum and normal images will be "
-                          f"flagged more often than {1 - self.review_quantile:.1%}", stacklevel=2)
+        if self.review_quantile < 1 and self.thresholds_.review >= self.val_scores_.max():
+            warnings.warn(f"the REVIEW threshold is the largest of the {len(val)} validation scores: too few "
+                          f"normal images for a {self.review_quantile} quantile (it needs more than "
+                          f"{1 / (1 - self.review_quantile):.0f}), so new normal images will be flagged more "
+                          f"often than {1 - self.review_quantile:.1%}", stacklevel=2)
         self.fingerprint_ = fingerprint(images)
         self.n_train_, self.n_val_ = len(train), len(val)
         return self

@@ -103,7 +103,7 @@ def decode(source: str | os.PathLike | bytes, where: str | None = None) -> np.nd
             elif image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                 image = image.convert("RGB")
             return np.asarray(image)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{where}: cannot decode image ({exc})") from None
 
 

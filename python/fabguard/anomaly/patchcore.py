@@ -47,10 +47,10 @@ class EfficientNetFeatures(nn.Module):
         if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= len(net._blocks):
             raise InputError(f"feature layers must be increasing block indices in 0..{len(net._blocks) - 1}, got {layers}")
         self.layers = tuple(layers)
-        self.stride = 2 * math.prod(b._block_args.stride[0] if isinstance(b._block_args.stride, (list, tuple))
-                                    else b._block_args.stride for b in net._blocks[: layers[-1] + 1])
+        self.blocks = nn.ModuleList(net._blocks[: layers[-1] + 1])
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
-        self.blocks = nn.ModuleList(net._blocks[: max(layers) + 1])
+        # the package stores a block's stride as an int or a one-element list
+        self.stride = 2 * math.prod(int(np.ravel(b._block_args.stride)[0]) for b in self.blocks)
 
     def forward(self, x):
         outputs = []
@@ -72,7 +72,6 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 class PatchCoreScorer(nn.Module):
     """RGB batch -> (image scores, heatmaps): patch features, nearest-neighbour distance to the memory bank."""
 
-    # efficientnet-lite (TF-Lite lineage) expects (x * 255 - 127) / 128, not ImageNet mean / std
     def __init__(self, features: EfficientNetFeatures, bank_size: int, input_size: int, crop_size: int,
                  pool: int, sigma: float):
         super().__init__()
@@ -92,7 +91,10 @@ class PatchCoreScorer(nn.Module):
         self.bank_sq = (self.bank * self.bank).sum(1)
 
     def embed(self, images):
-        """(N, 3, S, S) in [0, 1] -> patch features (N, D, h, w) of the centre crop."""
+        """(N, 3, S, S) in [0, 1] -> patch features (N, D, h, w) of the centre crop.
+
+        efficientnet-lite (TF-Lite lineage) expects (x * 255 - 127) / 128, not ImageNet mean / std.
+        """
         offset = (self.input_size - self.crop_size) // 2
         x = images[:, :, offset:offset + self.crop_size, offset:offset + self.crop_size]
         maps = self.features(x * 255.0 / 128.0 - 127.0 / 128.0)
