@@ -20,12 +20,17 @@ torch.set_num_threads(1)
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def shared(*parts) -> Path:
-    """A path under ../shared/data, or skip the test when the data are not there."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} not available")
-    return path
+@pytest.fixture
+def shared_data():
+    """``shared_data(*parts)``: a path under ../shared/data, or skip the test when it is not there."""
+
+    def locate(*parts) -> Path:
+        path = SHARED_DATA.joinpath(*parts)
+        if not path.exists():
+            pytest.skip(f"{path} not available")
+        return path
+
+    return locate
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import shared
 
 from fabguard.active import data
 from fabguard.errors import InputError
@@ -93,15 +92,15 @@ def test_read_table_errors_and_bom(tmp_path):
     assert list(data.read_table(tmp_path / "bom.csv").columns) == ["a", "y"]
 
 
-def test_ai4i2020_loader_never_exposes_label_components():
-    frame, roles = data.load_ai4i2020(shared("ai4i2020"))
+def test_ai4i2020_loader_never_exposes_label_components(shared_data):
+    frame, roles = data.load_ai4i2020(shared_data("ai4i2020"))
     assert len(frame) == 10000 and data.labels(frame, roles).sum() == 339
     assert not {"TWF", "HDF", "PWF", "OSF", "RNF"} & set(frame.columns)
     assert set(roles.advanced) == {"Torque [Nm]", "Tool wear [min]"}
 
 
-def test_secom_loader_and_advanced_blocks_rederived_from_the_file():
-    path = shared("secom")
+def test_secom_loader_and_advanced_blocks_rederived_from_the_file(shared_data):
+    path = shared_data("secom")
     frame, roles = data.load_secom(path)
     assert len(frame) == 1506 and len(roles.advanced) == 32 and len(roles.basic) == 558
     assert data.sampled(frame, roles).all() and frame["timestamp"].is_monotonic_increasing

@@ -26,6 +26,7 @@ from fabguard.outputs import atomic_path
 
 METRICS = ("auroc", "auprc", "recall_at_fpr", "cost")
 KEYS = ["split", "student", "rule"]
+PAIRED = ("half_gap_ratio", "within_0.01_ratio", "min_cost")
 
 
 def split(frame: pd.DataFrame, roles: data.Roles, kind: str, seed: int, test_fraction: float = 0.2):
@@ -51,24 +52,31 @@ def recall_at_fpr(y: np.ndarray, score: np.ndarray, fpr: float) -> float:
 
 
 def ratio_curves(y: np.ndarray, out: Outputs, cost: CostModel, fpr: float, ratios=RATIO_GRID) -> pd.DataFrame:
-    """Metrics per rule and ratio when each rule routes the top ``ratio`` share of products (batch mode)."""
+    """Metrics per rule and ratio when each rule routes the top ``ratio`` share of products (batch mode).
+    A rule given several score vectors (rows of a 2-D array: random draws) gets the mean metrics."""
     rows = []
-    for rule, score in out.routing.items():
+    for rule, scores in out.routing.items():
+        scores = np.atleast_2d(scores)
         for ratio in ratios:
-            routed = select_top(score, batch_count(len(y), fraction=float(ratio)))
-            final = np.where(routed, out.teacher_score, out.fault_score)
-            rows.append({"rule": rule, "ratio": float(ratio), "auroc": roc_auc_score(y, final),
-                         "auprc": average_precision_score(y, final), "recall_at_fpr": recall_at_fpr(y, final, fpr),
-                         "cost": cost.per_product(y, final, routed)})
+            k = batch_count(len(y), fraction=float(ratio))
+            metrics = []
+            for score in scores:
+                routed = select_top(score, k)
+                final = np.where(routed, out.teacher_score, out.fault_score)
+                metrics.append([roc_auc_score(y, final), average_precision_score(y, final),
+                                recall_at_fpr(y, final, fpr), cost.per_product(y, final, routed)])
+            rows.append({"rule": rule, "ratio": float(ratio), **dict(zip(METRICS, np.mean(metrics, axis=0)))})
     return pd.DataFrame(rows)
 
 
-def evaluate_routing(frame: pd.DataFrame, roles: data.Roles, seeds, splits=("stratified", "time"), sample_rate: float = 0.2,
-             students: dict | None = None, cost: CostModel = CostModel(), fpr: float = 0.05,
-             test_fraction: float = 0.2, progress=None, **params) -> pd.DataFrame:
+def evaluate_routing(frame: pd.DataFrame, roles: data.Roles, seeds, splits=("stratified", "time"),
+                     sample_rate: float = 0.2, students: dict | None = None, cost: CostModel = CostModel(),
+                     fpr: float = 0.05, test_fraction: float = 0.2, random_draws: int = 20, progress=None,
+                     **params) -> pd.DataFrame:
     """Per-seed ratio curves for every split, student variant and rule (one row per ratio).
     ``students`` maps a name to ActiveInspector parameters (default: undistilled vs lambda 0.5, T 2);
-    ``params`` are passed to every ActiveInspector; ``progress`` is called after each fit."""
+    ``params`` are passed to every ActiveInspector; ``progress`` is called after each fit. Random routing
+    is scored as the mean over ``random_draws`` random orders: its expected curve, not one lucky draw."""
     students = students or {"undistilled": {"distill_lambda": 0.0}, "distilled": {"distill_lambda": 0.5,
                                                                                   "temperature": 2.0}}
     parts = []
@@ -82,6 +90,8 @@ def evaluate_routing(frame: pd.DataFrame, roles: data.Roles, seeds, splits=("str
                 out = inspector.outputs(test)
                 if np.isnan(out.teacher_score).any():
                     raise InputError("some test products have no advanced results; evaluation needs them all")
+                random = inspector.rules_["random"]
+                out.routing["random"] = np.stack([random.score(out.batch) for _ in range(random_draws)])
                 curves = ratio_curves(y, out, cost, fpr)
                 curves["val_budget"] = curves["rule"].map(inspector.best_budget_)
                 parts.append(curves.assign(split=kind, seed=seed, student=name))
@@ -97,8 +107,8 @@ def _first_ratio(ratio: np.ndarray, reached: np.ndarray) -> float:
 def per_seed_summary(curves: pd.DataFrame) -> pd.DataFrame:
     """Per split, seed, student and rule: basic and advanced-on-all AUROC, the smallest ratio that
     recovers half of the basic-to-advanced AUROC gap (NaN when advanced is not better), the smallest
-    ratio within 0.01 AUROC of advanced-on-all, the minimum cost and its ratio, and the test cost at the
-    budget chosen on validation data."""
+    ratio within 0.01 AUROC of advanced-on-all, the minimum cost and its ratio, the test cost at the
+    budget chosen on validation data, and the paired differences to random routing (same seed)."""
     rows = []
     for key, g in curves.sort_values("ratio").groupby(KEYS + ["seed"]):
         ratio, auroc, cost = g["ratio"].to_numpy(), g["auroc"].to_numpy(), g["cost"].to_numpy()
@@ -112,7 +122,12 @@ def per_seed_summary(curves: pd.DataFrame) -> pd.DataFrame:
                      "min_cost": cost[best], "min_cost_ratio": ratio[best],
                      "basic_cost": cost[0], "advanced_cost": cost[-1], "val_budget": val_budget,
                      "cost_at_val_budget": float(cost[np.argmin(np.abs(ratio - val_budget))])})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    random = table[table["rule"] == "random"].set_index(["split", "student", "seed"])
+    for column in PAIRED:
+        baseline = random[column].reindex(pd.MultiIndex.from_frame(table[["split", "student", "seed"]]))
+        table[f"{column}_vs_random"] = table[column].to_numpy() - baseline.to_numpy()
+    return table
 
 
 def summarize(curves: pd.DataFrame) -> pd.DataFrame:
@@ -191,7 +206,9 @@ def write_results(curves: pd.DataFrame, out_dir: Path, title: str, command: str,
     with atomic_path(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1, default=float))
     cols = KEYS + [f"{m}_{s}" for m in ("half_gap_ratio", "within_0.01_ratio", "min_cost", "min_cost_ratio",
-                                        "cost_at_val_budget") for s in ("mean", "std")]
+                                        "cost_at_val_budget", "half_gap_ratio_vs_random",
+                                        "within_0.01_ratio_vs_random", "min_cost_vs_random")
+                   for s in ("mean", "std")]
     report = [f"# {title}", "", f"Command: `{command}`", "", f"Settings: `{json.dumps(settings, default=str)}`", "",
               "## Student alone (ratio 0): distilled vs undistilled", "", _markdown(distill), "",
               "## Routing rules", "", _markdown(summary[cols]), ""]

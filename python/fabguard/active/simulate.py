@@ -24,10 +24,10 @@ from fabguard.errors import InputError
 # Named regimes for benchmarks: where distillation should help (noisy or scarce labels) and where it
 # cannot (no information gap: the teacher knows nothing the student could not learn itself).
 REGIMES = {
-    "reference": dict(n_products=10000, info_gap=0.5, label_noise=0.0, fault_rate=0.05),
-    "noisy_labels": dict(n_products=10000, info_gap=0.5, label_noise=0.4, fault_rate=0.05),
+    "reference": dict(n_products=6000, info_gap=0.5, label_noise=0.0, fault_rate=0.05),
+    "noisy_labels": dict(n_products=6000, info_gap=0.5, label_noise=0.4, fault_rate=0.05),
     "scarce_labels": dict(n_products=2500, info_gap=0.5, label_noise=0.0, fault_rate=0.03),
-    "no_gap": dict(n_products=10000, info_gap=0.0, label_noise=0.0, fault_rate=0.05),
+    "no_gap": dict(n_products=6000, info_gap=0.0, label_noise=0.0, fault_rate=0.05),
 }
 
 
