@@ -70,8 +70,11 @@ class YieldReport:
             | {c: "{:.2e}".format for c in ("p_value", "q_value")},
             na_rep="-",
         )
-        head = (f"{self.method}: {len(m)} machines, threshold {self.threshold:.4f}, alpha {self.alpha}; "
+        head = (f"{self.method}: {len(m)} machines, threshold {self.threshold:.5f}, alpha {self.alpha}; "
                 f"low-yield: {', '.join(map(str, self.low_yield)) or 'none'}")
+        significant = int(m["significant"].sum())
+        if significant > len(self.low_yield):
+            head += f" ({significant} significant; the list is capped at {len(self.low_yield)})"
         return head + "\n" + table
 
     def plot(self, path=None, top: int = 30):
