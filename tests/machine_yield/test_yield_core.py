@@ -6,6 +6,8 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fabguard import _core
 from fabguard.machine_yield import LowYieldDetector, load_production
@@ -185,3 +187,62 @@ def test_fit_em_rejects_bad_subsets_and_starts():
             _core.fit_em(prod, **(ok | change))
     with pytest.raises(ValueError, match="threads"):
         _core.fit_em(prod, **ok, threads=0)
+
+
+# Raw arrays straight into the core: any combination must be refused with ValueError or fitted,
+# never crash the interpreter.
+
+@st.composite
+def raw_inputs(draw):
+    """A valid production table as arrays, then (usually) one corrupted field."""
+    n_machines = draw(st.integers(1, 4))
+    lengths = draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
+    machine, pieces_in, defects, inspects = [], [], [], []
+    for length in lengths:
+        left = draw(st.integers(1, 30))
+        for _ in range(length):
+            insp = draw(st.booleans())
+            d = draw(st.integers(0, left)) if insp else 0
+            machine.append(draw(st.integers(0, n_machines - 1)))
+            pieces_in.append(left)
+            defects.append(d)
+            inspects.append(int(insp))
+            left -= d
+    arrays = dict(batch_ptr=np.r_[0, np.cumsum(lengths)].astype(np.int64), machine=np.array(machine, np.int32),
+                  pieces_in=np.array(pieces_in, np.int64), defects=np.array(defects, np.int64),
+                  inspects=np.array(inspects, np.uint8), n_machines=n_machines)
+    field = draw(st.sampled_from(["none", "batch_ptr", "machine", "pieces_in", "defects", "inspects", "n_machines"]))
+    if field == "n_machines":
+        arrays[field] = draw(st.integers(-1, 5))
+    elif field != "none":
+        values = arrays[field].copy()
+        if draw(st.booleans()) and len(values) > 1:
+            values = values[:-1]  # wrong length
+        else:
+            values[draw(st.integers(0, len(values) - 1))] = draw(st.integers(-2, 40))
+        arrays[field] = values
+    subset = draw(st.lists(st.integers(0, len(lengths) - 1), min_size=2, max_size=6))
+    if draw(st.integers(0, 3)) == 0:
+        subset[0] = draw(st.sampled_from([-1, len(lengths)]))  # an index outside the batches
+    cut = draw(st.integers(1, len(subset) - 1))
+    if draw(st.integers(0, 5)) == 0:
+        cut = draw(st.sampled_from([0, len(subset)]))  # an empty subset
+    return arrays, subset, cut
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw_inputs())
+def test_core_never_crashes_on_raw_arrays(case):
+    arrays, subset, cut = case
+    try:
+        prod = _core.Production(**arrays)
+    except ValueError:
+        return
+    idx = np.array(subset, np.int64)
+    ptr = np.array([0, cut, len(idx)], np.int64)
+    start = np.full(arrays["n_machines"], 0.9)
+    try:
+        out = _core.fit_em(prod, ptr, idx, start, start, tol=0.0, max_iter=3, threads=2)
+    except ValueError:
+        return
+    assert out["yield"].shape == (2, arrays["n_machines"])
