@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from fabguard.anomaly.base import Detector
 from fabguard.anomaly.evaluate import METRICS, evaluate, write_comparison, write_json
@@ -28,6 +29,7 @@ from fabguard.anomaly.export import export_onnx, parity
 from fabguard.anomaly.images import load_dataset
 from fabguard.anomaly.patchcore import PatchCoreDetector
 from fabguard.anomaly.pca import PCADetector
+from fabguard.anomaly.plots import loss_curves
 from fabguard.anomaly.vae import VAEDetector, parameter_count
 from fabguard.outputs import atomic_path
 
@@ -37,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 # that means a 6% validation split (13 images) instead of 20%. The VAE (about 30 min per run on 2 shared
 # cores) gets 3 seeds, its no-augmentation ablation one.
 FIVE, THREE = (0, 1, 2, 3, 4), (0, 1, 2)
+GALLERIES = ("pca_k200_val6pct", "vae", "patchcore")  # error galleries kept in the repo for these
 CONFIGS = {
     "pca_k10": (lambda s: PCADetector(n_components=10, seed=s), FIVE),
     "pca_k50": (lambda s: PCADetector(n_components=50, seed=s), FIVE),
@@ -88,13 +91,16 @@ def main() -> int:
         onnx_path = export_onnx(detector, work / "models" / f"{name}_s{args.seed}.onnx")
         parities[name] = parity(detector, onnx_path, test.images)
         print(f"{name}: ONNX Runtime vs PyTorch {parities[name]}", flush=True)
-        keep = results_dir / name
-        for plot in ("roc.png", "score_distribution.png", "gallery_false_negatives.png",
-                     "gallery_false_positives.png", "loss_curves.png"):
-            source = work / "eval" / f"{name}_s{args.seed}" / plot
-            if source.is_file():
-                keep.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, keep / plot)
+        keep, source = results_dir / name, work / "eval" / f"{name}_s{args.seed}"
+        keep.mkdir(parents=True, exist_ok=True)
+        for plot in ("roc.png", "score_distribution.png"):
+            shutil.copyfile(source / plot, keep / plot)
+        for plot in ("gallery_false_negatives.png", "gallery_false_positives.png"):
+            if name in GALLERIES and (source / plot).is_file():  # photos: 128-colour copies keep the repo small
+                with Image.open(source / plot) as image, atomic_path(keep / plot) as tmp:
+                    image.convert("RGB").quantize(128).save(tmp, format="PNG", optimize=True)
+        if getattr(detector, "history_", None):
+            loss_curves(detector.history_, keep / "loss_curves.png")
     command = "OMP_WAIT_POLICY=PASSIVE python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
     note = "\n".join([
         "# MVTec AD transistor (256x256): image AUROC, AUPRC, FNR at FPR 5%, pixel AUROC",

@@ -67,13 +67,21 @@ def gallery(images, references, heatmaps, titles, path, vmax: float, reference_n
 
 
 def loss_curves(history: list[dict], path) -> None:
-    """VAE reconstruction, KL and total loss per epoch (training) and validation reconstruction."""
+    """VAE losses per epoch: reconstruction (train, validation) and total on the left, KL on the right
+    (BCE of grey images has a large constant floor, so the two scales differ by orders of magnitude)."""
     epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.subplots()
-    for key, label in (("train_recon", "reconstruction (BCE)"), ("train_kl", "KL"),
-                       ("train_total", "total"), ("val_recon", "validation reconstruction")):
-        ax.plot(epochs, [h[key] for h in history], label=label)
-    ax.set(xlabel="epoch", ylabel="loss per image", yscale="log", title="VAE training")
-    ax.legend()
+    fig = Figure(figsize=(9, 3.5))
+    left, right = fig.subplots(1, 2)
+    fig.subplots_adjust(wspace=0.4)
+    for key, label in (("train_recon", "reconstruction (BCE), train"), ("val_recon", "reconstruction, validation"),
+                       ("train_total", "total = BCE + beta KL, train")):
+        left.plot(epochs, [h[key] for h in history], label=label)
+    left.set(xlabel="epoch", ylabel="loss per image", title="VAE reconstruction and total loss")
+    left.legend()
+    right.plot(epochs, [h["train_kl"] for h in history], color="tab:red", label="KL, train")
+    right.set(xlabel="epoch", ylabel="KL per image", title="KL and its weight beta (annealed)")
+    twin = right.twinx()
+    twin.plot(epochs, [h["beta"] for h in history], color="grey", linestyle=":", label="beta")
+    twin.set_ylabel("beta")
+    right.legend(loc="upper right")
     _save(fig, path)
