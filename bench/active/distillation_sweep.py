@@ -2,8 +2,8 @@
 undistilled student (lambda = 0), with the same teacher, split, sample and seeds.
 
 Only the teacher and students are trained here (no routing), on all development products; the test
-share is held out with a stratified split. Paired differences (distilled - undistilled, same seed)
-are reported as mean ± sd.
+share (20%) is held out with a stratified or time-ordered split. Paired differences (distilled -
+undistilled, same seed) are reported as mean ± sd.
 
     python bench/active/distillation_sweep.py --dataset ai4i2020 --teacher gbm --seeds 5
     python bench/active/distillation_sweep.py --dataset simulate --regime noisy_labels
@@ -45,11 +45,11 @@ def load(args):
     return simulate_inspections(**REGIMES[args.regime], seed=0)
 
 
-def sweep(frame, roles, teacher_kind: str, seeds, sample_rate: float) -> pd.DataFrame:
+def sweep(frame, roles, teacher_kind: str, seeds, sample_rate: float, split_kind: str) -> pd.DataFrame:
     rows = []
     with tqdm(total=len(seeds) * len(GRID), desc="students", file=sys.stderr) as bar:
         for seed in seeds:
-            dev, test = split(frame, roles, "stratified", seed)
+            dev, test = split(frame, roles, split_kind, seed)
             dev = data.mask_unsampled(dev, roles, sample_rate, np.random.default_rng(seed))
             y, yt = data.labels(dev, roles), data.labels(test, roles)
             x, xt = data.features(dev, roles, roles.features), data.features(test, roles, roles.features)
@@ -80,10 +80,12 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample-rate", type=float, default=0.2)
+    parser.add_argument("--split", choices=("stratified", "time"), default="stratified")
     args = parser.parse_args()
     torch.set_num_threads(1)
     frame, roles = load(args)
-    result = sweep(frame, roles, args.teacher, list(range(args.seed, args.seed + args.seeds)), args.sample_rate)
+    result = sweep(frame, roles, args.teacher, list(range(args.seed, args.seed + args.seeds)), args.sample_rate,
+                   args.split)
     base = result[result["lambda"] == 0].set_index("seed")["student_auroc"]
     result["diff_vs_undistilled"] = result["student_auroc"] - result["seed"].map(base)
     table = result.groupby(["lambda", "T"]).agg(student_auroc_mean=("student_auroc", "mean"),
@@ -92,7 +94,8 @@ def main() -> int:
                                                 diff_sd=("diff_vs_undistilled", "std"),
                                                 teacher_auroc_mean=("teacher_auroc", "mean")).reset_index()
     name = args.dataset if args.dataset != "simulate" else f"sim_{args.regime}"
-    out = ROOT / "bench" / "results" / "active" / "distillation" / f"{name}_{args.teacher}_s{args.sample_rate:g}"
+    out = (ROOT / "bench" / "results" / "active" / "distillation"
+           / f"{name}_{args.teacher}_{args.split}_s{args.sample_rate:g}")
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     with atomic_path(out / "per_seed.csv") as tmp:
         result.to_csv(tmp, index=False, float_format="%.5g")

@@ -33,7 +33,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--teacher", choices=("mlp", "gbm"), default="mlp")
-    g.add_argument("--lambda", dest="distill_lambda", type=float, default=0.5, help="distillation weight")
+    g.add_argument("--lambda", dest="distill_lambda", metavar="LAMBDA", type=float, default=0.5,
+                   help="distillation weight (0 = no distillation)")
     g.add_argument("--temperature", type=float, default=2.0)
     g.add_argument("--members", type=int, default=3, help="ensemble members per network")
     g.add_argument("--calibration", choices=("platt", "isotonic"), default="platt")
@@ -190,7 +191,7 @@ def evaluate(args) -> int:
                 "seeds": seeds, "splits": args.splits, "sample_rate": args.sample_rate, "fpr": args.fpr,
                 "test_fraction": args.test_fraction, "cost": vars(_cost(args)), "students": students,
                 **_params(args)}
-    title = args.dataset if args.dataset != "simulate" else f"simulate/{args.regime}"
+    title = (args.dataset if args.dataset != "simulate" else f"simulate/{args.regime}") + f", {args.teacher} teacher"
     command = "fabguard " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     write_results(curves, args.out, title, command, settings)
     print(f"results in {args.out}")

@@ -177,7 +177,7 @@ def plot(curves: pd.DataFrame, path: Path, title: str) -> None:
         row[0].legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
+        fig.savefig(tmp, format="png", dpi=60)
     plt.close(fig)
 
 
@@ -197,8 +197,10 @@ def write_results(curves: pd.DataFrame, out_dir: Path, title: str, command: str,
     summary, distill = summarize(curves), distillation_table(curves)
     mean_curves = curves.groupby(KEYS + ["ratio"])[list(METRICS)].agg(["mean", "std"])
     mean_curves.columns = [f"{c}_{s}" for c, s in mean_curves.columns]
-    for name, table in (("curves.csv.gz", curves), ("curves_mean.csv", mean_curves.reset_index()),
-                        ("summary.csv", summary), ("distillation.csv", distill)):
+    with atomic_path(out_dir / "curves.csv.gz") as tmp:  # full precision: the summaries can be recomputed
+        curves.to_csv(tmp, index=False)
+    for name, table in (("curves_mean.csv", mean_curves.reset_index()), ("summary.csv", summary),
+                        ("distillation.csv", distill)):
         with atomic_path(out_dir / name) as tmp:
             table.to_csv(tmp, index=False, float_format="%.5g")
     result = {"title": title, "command": command, "settings": settings,
