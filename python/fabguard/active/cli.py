@@ -8,8 +8,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from fabguard.active.routing import RULES
+
 DATASETS = ("table", "ai4i2020", "secom", "simulate")
-RULES = ("random", "margin", "spread", "value_change", "value_brier", "value_cost")
 
 
 def _names(text: str | None) -> tuple[str, ...]:

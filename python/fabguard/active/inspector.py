@@ -27,7 +27,8 @@ from sklearn.model_selection import train_test_split
 
 from fabguard.active import data
 from fabguard.active.models import Calibrator, NetClassifier, NetRegressor, logit_of, make_teacher, out_of_fold
-from fabguard.active.routing import Batch, CostModel, batch_count, inspection_value, make_rules, select_top
+from fabguard.active.routing import (RULES, Batch, CostModel, batch_count, inspection_value, make_rules,
+                                     select_top)
 from fabguard.errors import InputError
 
 RATIO_GRID = np.round(np.linspace(0, 1, 51), 4)
@@ -68,8 +69,8 @@ class ActiveInspector(BaseEstimator):
         update a progress bar)."""
         done = progress or (lambda name: None)
         roles, seed = self.roles, self.random_state
-        if self.rule not in make_rules(0.5, 0):
-            raise InputError(f"routing rule {self.rule!r} is not one of {sorted(make_rules(0.5, 0))}")
+        if self.rule not in RULES:
+            raise InputError(f"routing rule {self.rule!r} is not one of {list(RULES)}")
         if self.budget is not None and not 0 <= self.budget <= 1:
             raise InputError(f"budget {self.budget} is not a fraction in [0, 1]")
         y = data.labels(frame, roles)
@@ -98,8 +99,8 @@ class ActiveInspector(BaseEstimator):
         xf_rows[s] = np.arange(s.sum())
         done("preprocessing")
 
-        template = make_teacher(self.teacher, seed, hidden=self.hidden, n_members=self.n_members) \
-            if self.teacher == "mlp" else make_teacher(self.teacher, seed)
+        net = {"hidden": self.hidden, "n_members": self.n_members} if self.teacher == "mlp" else {}
+        template = make_teacher(self.teacher, seed, **net)
         self.teacher_ = clone(template).fit(xf[xf_rows[tr_s]], y[tr_s])
         teacher_oof = out_of_fold(template, xf[xf_rows[tr_s]], y[tr_s], np.arange(len(tr_s)), self.n_folds, seed)
         teacher_logit = np.full(len(train), np.nan)

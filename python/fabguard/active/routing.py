@@ -42,6 +42,7 @@ class CostModel:
 
 
 VALUE_TARGETS = ("change", "brier", "cost")
+RULES = ("random", "margin", "spread") + tuple(f"value_{t}" for t in VALUE_TARGETS)
 
 
 def inspection_value(p_student: np.ndarray, p_teacher: np.ndarray, y: np.ndarray, cost: CostModel) -> np.ndarray:
