@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = ("pca_k50", "vae", "patchcore", "patchcore_coreset1pct")
+MODELS = ("pca_k50", "vae", "patchcore_coreset1pct", "patchcore")
 RUNTIMES = {"pytorch-eager-cpu": None, "onnxruntime-cpu": ["CPUExecutionProvider"],
             "onnxruntime-cuda": ["CUDAExecutionProvider"],
             "onnxruntime-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"]}
@@ -129,28 +129,37 @@ def main() -> int:
     import onnxruntime as ort
     import torch
 
-    from fabguard.anomaly.evaluate import write_json
-    from fabguard.outputs import atomic_path
-
     runtimes = args.runtimes or available_runtimes()
     unavailable = [r for r in RUNTIMES if r not in runtimes]
+    command = "OMP_WAIT_POLICY=PASSIVE python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
+    machine = (f"{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+               f"({torch.get_num_threads()} threads), onnxruntime {ort.__version__}")
     results = []
     for name in args.models:
         pt, onnx = Path(args.work) / f"{name}_s0.pt", Path(args.work) / f"{name}_s0.onnx"
         for runtime in runtimes:
             print(f"{name} / {runtime}", file=sys.stderr, flush=True)
-            command = [sys.executable, __file__, "--worker", "--runtime", runtime, "--pt", str(pt), "--onnx", str(onnx),
-                       "--runs", str(args.runs), "--warmup", str(args.warmup), "--seed", str(args.seed),
-                       "--batches", *map(str, args.batches)]
-            done = subprocess.run(command, capture_output=True, text=True)
+            worker_command = [sys.executable, __file__, "--worker", "--runtime", runtime, "--pt", str(pt),
+                              "--onnx", str(onnx), "--runs", str(args.runs), "--warmup", str(args.warmup),
+                              "--seed", str(args.seed),
+                              "--batches", *map(str, args.batches)]
+            done = subprocess.run(worker_command, capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(f"{name} / {runtime} failed:\n{done.stderr}")
             measured = json.loads(done.stdout.strip().splitlines()[-1])
             results.append({"model": name, "runtime": runtime, "pt_mb": pt.stat().st_size / 1e6,
                             "onnx_mb": onnx.stat().st_size / 1e6, **measured})
-    command = "OMP_WAIT_POLICY=PASSIVE python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
-    machine = (f"{cpu_name()}, {os.cpu_count()} logical CPUs (shared with other jobs while measured), "
-               f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__}")
+            table = write_results(Path(args.results), args, results, unavailable, command, machine)
+    print(table)
+    return 0
+
+
+def write_results(results_dir: Path, args, results: list, unavailable: list, command: str, machine: str) -> str:
+    """Write latency.md / .csv / .json for the pairs measured so far; rewritten after every pair, so an
+    interrupted run keeps what it finished."""
+    from fabguard.anomaly.evaluate import write_json
+    from fabguard.outputs import atomic_path
+
     lines = ["# Inference latency per image (ms), model size, peak memory", "",
              f"Command: `{command}`", f"Machine: {machine}.",
              f"Not measured here (no GPU / provider on this machine): {', '.join(unavailable) or 'none'}.",
@@ -170,15 +179,12 @@ def main() -> int:
                 f"{row['peak_rss_mb_so_far']:.0f},{r['pt_mb']:.2f},{r['onnx_mb']:.2f}" for row in r["rows"]]
     lines += ["", "Peak RSS is the host process maximum over all batch sizes (it includes the runtime libraries: "
               "see rss_after_imports_mb in latency.json); the CSV has the running maximum after each batch size."]
-    results_dir = Path(args.results)
     with atomic_path(results_dir / "latency.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     with atomic_path(results_dir / "latency.csv") as tmp:
         tmp.write_text("\n".join(csv) + "\n")
     write_json({"command": command, "machine": machine, "results": results}, results_dir / "latency.json")
-    print("\n".join(lines))
-    return 0
-
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     sys.exit(main())
