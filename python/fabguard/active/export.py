@@ -9,20 +9,17 @@ backends. A gradient-boosting teacher has no ONNX graph here (that would need sk
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import pickle
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from fabguard.errors import InputError
+from fabguard.onnx_export import OPSET, quiet_exporter
 from fabguard.outputs import atomic_path
 
 FORMAT = "fabguard-active/1"
-OPSET = 18
 
 
 def networks(inspector) -> dict:
@@ -36,27 +33,12 @@ def networks(inspector) -> dict:
     return nets
 
 
-@contextlib.contextmanager
-def _quiet_exporter():
-    """The dynamo exporter logs a warning per missing torchvision op (none is used here) and a
-    deprecation warning from torch's own pytree code; neither concerns the user."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def export_network(module, n_features: int, path: Path) -> None:
     """ONNX graph of ``module`` with a dynamic batch dimension (opset 18, weights inside the file)."""
     import torch
 
     batch = torch.export.Dim("batch")
-    with _quiet_exporter(), atomic_path(path) as tmp:
+    with quiet_exporter(), atomic_path(path) as tmp:
         torch.onnx.export(module.eval(), (torch.zeros(4, n_features),), str(tmp), input_names=["features"],
                           output_names=["members"], dynamic_shapes=({0: batch},), opset_version=OPSET,
                           external_data=False, dynamo=True, verbose=False)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from fabguard.anomaly.base import Detector
+from fabguard.onnx_export import OPSET, quiet_exporter
 from fabguard.outputs import atomic_path
 
-OPSET = 18
 INPUT, OUTPUTS = "images", ("score", "heatmap")
 METADATA_KEY = "fabguard"
 MAX_BATCH = 1024
@@ -34,10 +34,11 @@ def export_onnx(detector: Detector, path: str | os.PathLike, seed: int = 0) -> P
     size = detector.input_size
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    program = torch.onnx.export(
-        detector.model_.eval(), (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT],
-        output_names=list(OUTPUTS), dynamic_shapes=({0: batch},), external_data=False, verbose=False,
-    )
+    with quiet_exporter():
+        program = torch.onnx.export(
+            detector.model_.eval(), (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT],
+            output_names=list(OUTPUTS), dynamic_shapes=({0: batch},), external_data=False, verbose=False,
+        )
     model = program.model_proto
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
     onnx.checker.check_model(model)
