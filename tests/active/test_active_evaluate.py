@@ -67,7 +67,7 @@ def test_evaluation_end_to_end_writes_every_table(tmp_path):
     assert (per_seed.loc[per_seed["rule"] == "random", "min_cost_vs_random"] == 0).all()
     table = distillation_table(curves)
     assert table.loc[table["student"] == "distilled", "auroc_diff_vs_undistilled_mean"].notna().all()
-    result = write_results(curves, tmp_path, "sim", "fabguard active evaluate ...", {"seeds": [7]})
+    result = write_results(curves, tmp_path, "sim", "fabguard active evaluate ...", {"seeds": [7], "fpr": 0.05})
     names = {p.name for p in tmp_path.iterdir()}
     assert {"curves.csv.gz", "curves_mean.csv", "summary.csv", "distillation.csv", "summary.json", "report.md",
             "plot.png"} <= names

@@ -153,28 +153,31 @@ def distillation_table(curves: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def plot(curves: pd.DataFrame, path: Path, title: str) -> None:
-    """AUROC and cost per product against the ratio, mean over seeds; one row of panels per split."""
+def plot(curves: pd.DataFrame, path: Path, title: str, fpr: float) -> None:
+    """AUROC, AUPRC, recall at the fixed false-alarm rate and cost per product against the ratio, mean over
+    seeds; one row of panels per split."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mean = curves.groupby(KEYS + ["ratio"])[["auroc", "cost"]].mean().reset_index()
+    panels = {"auroc": "AUROC", "auprc": "AUPRC", "recall_at_fpr": f"recall at FPR {fpr:g}", "cost": "cost per product"}
+    mean = curves.groupby(KEYS + ["ratio"])[list(panels)].mean().reset_index()
     splits = list(mean["split"].unique())
-    fig, axes = plt.subplots(len(splits), 2, figsize=(11, 4 * len(splits)), squeeze=False)
-    colours = dict(zip(sorted(mean["rule"].unique()), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, axes = plt.subplots(len(splits), len(panels), figsize=(5 * len(panels), 4 * len(splits)), squeeze=False)
+    colours = dict(zip(sorted(mean["rule"].unique()), plt.get_cmap("tab10").colors))
     for row, kind in zip(axes, splits):
         for (student, rule), g in mean[mean["split"] == kind].groupby(["student", "rule"]):
             style = "-" if student == "distilled" else "--"
-            for ax, metric in zip(row, ("auroc", "cost")):
+            for ax, metric in zip(row, panels):
                 ax.plot(g["ratio"], g[metric], style, color=colours[rule], label=f"{rule} ({student})")
-        for ax, metric in zip(row, ("AUROC", "cost per product")):
+        for ax, name in zip(row, panels.values()):
             ax.set_xlabel("advanced-inspection ratio")
-            ax.set_ylabel(metric)
-            ax.set_title(f"{title}: {metric}, {kind} split")
+            ax.set_ylabel(name)
+            ax.set_title(f"{name}, {kind} split", fontsize=10)
             ax.grid(alpha=0.3)
         row[0].legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=60)
@@ -216,5 +219,5 @@ def write_results(curves: pd.DataFrame, out_dir: Path, title: str, command: str,
               "## Routing rules", "", _markdown(summary[cols]), ""]
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text("\n".join(report))
-    plot(curves, out_dir / "plot.png", title)
+    plot(curves, out_dir / "plot.png", title, settings["fpr"])
     return result
