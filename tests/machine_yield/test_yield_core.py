@@ -219,7 +219,8 @@ def raw_inputs(draw):
         if draw(st.booleans()) and len(values) > 1:
             values = values[:-1]  # wrong length
         else:
-            values[draw(st.integers(0, len(values) - 1))] = draw(st.integers(-2, 40))
+            low = max(-2, int(np.iinfo(values.dtype).min))  # inspects is uint8: no negative values
+            values[draw(st.integers(0, len(values) - 1))] = draw(st.integers(low, 40))
         arrays[field] = values
     subset = draw(st.lists(st.integers(0, len(lengths) - 1), min_size=2, max_size=6))
     if draw(st.integers(0, 3)) == 0:
