@@ -84,3 +84,13 @@ def test_gradient_boosting_teacher_works_in_python_and_says_why_it_has_no_onnx(d
 def test_load_refuses_a_directory_without_a_model(tmp_path):
     with pytest.raises(InputError, match="no manifest.json"):
         export.load(tmp_path)
+
+
+def test_router_seed_decides_random_routing_without_touching_the_model(saved, table):
+    directory, _ = saved
+    test = table[1]
+    a, b, c = (Router.load(directory, seed=s) for s in (5, 5, 6))
+    pick = lambda router: router.route(test, budget=0.3, rule="random")["decision"]  # noqa: E731
+    pd.testing.assert_series_equal(pick(a), pick(b))
+    assert not pick(a).equals(pick(c))
+    assert a.inspector.rules_["random"] is not a.rules["random"]

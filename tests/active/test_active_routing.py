@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from fabguard.active.routing import (VALUE_TARGETS, Batch, CostModel, MarginRule, RandomRule, SpreadRule, ValueRule,
-                                     batch_count, inspection_value, make_rules, select_top, stream_threshold)
+                                     batch_count, inspection_value, make_rules, ranks, select_top, stream_fraction,
+                                     stream_threshold)
 from fabguard.errors import InputError
 
 COST = CostModel(basic=1, advanced=10, miss=500, false_alarm=50)
@@ -60,6 +61,27 @@ def test_batch_mode_meets_the_budget_exactly():
         batch_count(10, fraction=0.1, money=5.0, cost=COST)
     with pytest.raises(InputError, match="not in"):
         batch_count(10, fraction=1.5)
+
+
+def test_one_ranking_serves_every_budget():
+    scores = np.random.default_rng(2).integers(0, 5, size=200).astype(float)  # many ties
+    rank = ranks(scores)
+    assert sorted(rank) == list(range(200))
+    for k in (0, 1, 37, 199, 200):
+        assert np.array_equal(rank < k, select_top(scores, k))
+        assert scores[rank < k].min(initial=np.inf) >= scores[rank >= k].max(initial=-np.inf)
+
+
+def test_stream_budget_from_a_share_or_money_per_product():
+    assert stream_fraction(0.3) == 0.3
+    assert stream_fraction(money=2.0, cost=COST) == pytest.approx(2.0 / COST.advanced)
+    assert stream_fraction(money=1e6, cost=COST) == 1.0
+    with pytest.raises(InputError, match="advanced inspection cost > 0"):
+        stream_fraction(money=2.0, cost=CostModel(advanced=0.0))
+    with pytest.raises(InputError, match="money >= 0"):
+        stream_fraction(money=-1.0, cost=COST)
+    with pytest.raises(InputError, match="exactly one budget"):
+        stream_fraction()
 
 
 def test_streaming_threshold_meets_the_budget_on_average_one_product_at_a_time():

@@ -18,7 +18,7 @@ _EXPORTS = {
     "make_teacher": "models", "out_of_fold": "models",
     "CostModel": "routing", "RandomRule": "routing", "MarginRule": "routing", "SpreadRule": "routing",
     "ValueRule": "routing", "inspection_value": "routing", "batch_count": "routing", "select_top": "routing",
-    "stream_threshold": "routing",
+    "stream_threshold": "routing", "stream_fraction": "routing", "ranks": "routing",
     "ActiveInspector": "inspector",
     "evaluate_routing": "evaluate", "write_results": "evaluate",
     "save": "export", "load": "export",

@@ -185,9 +185,9 @@ def evaluate(args) -> int:
                 "distilled": {"distill_lambda": args.distill_lambda, "temperature": args.temperature}}
     seeds = list(range(args.seed, args.seed + args.seeds))
     with tqdm(total=len(seeds) * len(args.splits) * len(students), desc="evaluate", file=sys.stderr) as bar:
-        curves = evaluate_routing(frame, roles, seeds, splits=args.splits, sample_rate=args.sample_rate, students=students,
-                     cost=_cost(args), fpr=args.fpr, test_fraction=args.test_fraction, progress=bar.update,
-                     **_params(args))
+        curves = evaluate_routing(frame, roles, seeds, splits=args.splits, sample_rate=args.sample_rate,
+                                  students=students, cost=_cost(args), fpr=args.fpr,
+                                  test_fraction=args.test_fraction, progress=bar.update, **_params(args))
     settings = {"dataset": args.dataset, "regime": args.regime if args.dataset == "simulate" else None,
                 "seeds": seeds, "splits": args.splits, "sample_rate": args.sample_rate, "fpr": args.fpr,
                 "test_fraction": args.test_fraction, "cost": vars(_cost(args)), "students": students,
@@ -203,11 +203,9 @@ def route(args) -> int:
     _setup(args)
     from fabguard.active import data
     from fabguard.active.router import Router
-    from fabguard.active.routing import RandomRule
     from fabguard.outputs import atomic_path
 
-    router = Router.load(args.model, backend=args.backend)
-    router.inspector.rules_["random"] = RandomRule(args.seed)
+    router = Router.load(args.model, backend=args.backend, seed=args.seed)
     frame = data.read_table(args.data)
     result = router.route(frame, budget=args.budget, money=args.money, mode=args.mode, rule=args.rule)
     with atomic_path(args.out) as tmp:

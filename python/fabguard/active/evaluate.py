@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 
 from fabguard.active import data
 from fabguard.active.inspector import RATIO_GRID, ActiveInspector, Outputs
-from fabguard.active.routing import CostModel, batch_count, select_top
+from fabguard.active.routing import CostModel, batch_count, ranks
 from fabguard.errors import InputError
 from fabguard.outputs import atomic_path
 
@@ -56,12 +56,12 @@ def ratio_curves(y: np.ndarray, out: Outputs, cost: CostModel, fpr: float, ratio
     A rule given several score vectors (rows of a 2-D array: random draws) gets the mean metrics."""
     rows = []
     for rule, scores in out.routing.items():
-        scores = np.atleast_2d(scores)
+        orders = [ranks(score) for score in np.atleast_2d(scores)]
         for ratio in ratios:
             k = batch_count(len(y), fraction=float(ratio))
             metrics = []
-            for score in scores:
-                routed = select_top(score, k)
+            for rank in orders:
+                routed = rank < k
                 final = np.where(routed, out.teacher_score, out.fault_score)
                 metrics.append([roc_auc_score(y, final), average_precision_score(y, final),
                                 recall_at_fpr(y, final, fpr), cost.per_product(y, final, routed)])
@@ -148,8 +148,9 @@ def distillation_table(curves: pd.DataFrame) -> pd.DataFrame:
     wide = alone.pivot_table(index=["split", "seed"], columns="student", values="auroc")
     if {"distilled", "undistilled"} <= set(wide.columns):
         diff = (wide["distilled"] - wide["undistilled"]).groupby("split").agg(["mean", "std"])
-        table["auroc_diff_vs_undistilled_mean"] = table["split"].map(diff["mean"]).where(table["student"] == "distilled")
-        table["auroc_diff_vs_undistilled_std"] = table["split"].map(diff["std"]).where(table["student"] == "distilled")
+        distilled = table["student"] == "distilled"
+        table["auroc_diff_vs_undistilled_mean"] = table["split"].map(diff["mean"]).where(distilled)
+        table["auroc_diff_vs_undistilled_std"] = table["split"].map(diff["std"]).where(distilled)
     return table
 
 

@@ -27,8 +27,7 @@ from sklearn.model_selection import train_test_split
 
 from fabguard.active import data
 from fabguard.active.models import Calibrator, NetClassifier, NetRegressor, logit_of, make_teacher, out_of_fold
-from fabguard.active.routing import (RULES, Batch, CostModel, batch_count, inspection_value, make_rules,
-                                     select_top)
+from fabguard.active.routing import RULES, Batch, CostModel, batch_count, inspection_value, make_rules, ranks
 from fabguard.errors import InputError
 
 RATIO_GRID = np.round(np.linspace(0, 1, 51), 4)
@@ -135,10 +134,10 @@ class ActiveInspector(BaseEstimator):
     def _cheapest_ratio(self, y, out: Outputs, rule: str, rows: np.ndarray) -> float:
         """The share of products to inspect that minimises the realised cost on ``rows`` (products with
         advanced results), when ``rule`` picks them."""
-        p_s, p_t, score = out.fault_score[rows], out.teacher_score[rows], out.routing[rule][rows]
+        p_s, p_t, rank = out.fault_score[rows], out.teacher_score[rows], ranks(out.routing[rule][rows])
         costs = []
         for ratio in RATIO_GRID:
-            routed = select_top(score, batch_count(len(rows), fraction=ratio))
+            routed = rank < batch_count(len(rows), fraction=ratio)
             costs.append(self.cost.per_product(y, np.where(routed, p_t, p_s), routed))
         return float(RATIO_GRID[int(np.argmin(costs))])
 
@@ -162,9 +161,9 @@ class ActiveInspector(BaseEstimator):
         return {"student": self.student_.member_outputs, "teacher": self._teacher_members,
                 "router": self.value_model_.member_outputs}
 
-    def outputs(self, frame: pd.DataFrame, runners: dict | None = None) -> Outputs:
+    def outputs(self, frame: pd.DataFrame, runners: dict | None = None, rules: dict | None = None) -> Outputs:
         """Scores for a table of products: basic columns required; advanced columns optional (all or
-        none), used where present."""
+        none), used where present. ``runners`` / ``rules`` replace the fitted networks / rules."""
         roles, run = self.roles, runners or self.runners()
         data.check_columns(frame, roles.basic)
         present = [c for c in roles.advanced if c in frame.columns]
@@ -184,5 +183,5 @@ class ActiveInspector(BaseEstimator):
             if has.any():
                 logit = self._teacher_logit(self._full(x.iloc[np.flatnonzero(has)]), run["teacher"])
                 teacher_score[has] = self.teacher_cal_.transform(logit)
-        return Outputs(batch=batch, routing={n: r.score(batch) for n, r in self.rules_.items()},
+        return Outputs(batch=batch, routing={n: r.score(batch) for n, r in (rules or self.rules_).items()},
                        teacher_score=teacher_score)

@@ -175,7 +175,8 @@ class NetRegressor(RegressorMixin, _NetEnsemble):
             members += nets
             self.epochs_ += epochs
         self.n_targets_ = target.shape[1]
-        self.net_ = Ensemble(members, scale=np.repeat(scale, self.n_members), shift=np.repeat(shift, self.n_members)).eval()
+        self.net_ = Ensemble(members, scale=np.repeat(scale, self.n_members),
+                             shift=np.repeat(shift, self.n_members)).eval()
         self.n_features_in_ = np.asarray(x).shape[1]
         return self
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from fabguard.active import export
-from fabguard.active.routing import batch_count, select_top, stream_threshold
+from fabguard.active.routing import RandomRule, batch_count, select_top, stream_fraction, stream_threshold
 from fabguard.errors import InputError
 
 
@@ -17,12 +17,15 @@ class Router:
 
     ``backend="onnx"`` runs the student, teacher and routing networks in ONNX Runtime (from a directory
     written by ``export.save``); ``"torch"`` runs them in PyTorch / scikit-learn. Preprocessing and
-    calibration are the inspector's own in both cases.
+    calibration are the inspector's own in both cases. ``seed`` reseeds the random routing rule (None:
+    the one fitted with the model).
     """
 
-    def __init__(self, inspector, backend: str = "torch", directory: str | Path | None = None):
+    def __init__(self, inspector, backend: str = "torch", directory: str | Path | None = None,
+                 seed: int | None = None):
         self.inspector = inspector
         self.backend = backend
+        self.rules = dict(inspector.rules_) if seed is None else {**inspector.rules_, "random": RandomRule(seed)}
         if backend == "torch":
             self.runners = inspector.runners()
         elif backend == "onnx":
@@ -38,9 +41,9 @@ class Router:
             raise InputError(f"backend {backend!r} is not 'onnx' or 'torch'")
 
     @classmethod
-    def load(cls, directory, backend: str = "onnx") -> "Router":
+    def load(cls, directory, backend: str = "onnx", seed: int | None = None) -> "Router":
         inspector, _ = export.load(directory)
-        return cls(inspector, backend, directory)
+        return cls(inspector, backend, directory, seed)
 
     def _frame(self, products) -> pd.DataFrame:
         """A DataFrame from a DataFrame, or from a 2-D array whose columns are the basic features, or
@@ -68,18 +71,17 @@ class Router:
         """
         ins = self.inspector
         rule = rule or ins.rule
-        if rule not in ins.rules_:
-            raise InputError(f"routing rule {rule!r} is not one of {sorted(ins.rules_)}")
+        if rule not in self.rules:
+            raise InputError(f"routing rule {rule!r} is not one of {sorted(self.rules)}")
         if budget is None and money is None:
             budget = ins.budget if ins.budget is not None else ins.best_budget_[rule]
         frame = self._frame(products)
-        out = ins.outputs(frame, self.runners)
+        out = ins.outputs(frame, self.runners, self.rules)
         score = out.routing[rule]
         if mode == "batch":
             routed = select_top(score, batch_count(len(score), budget, money, ins.cost))
         elif mode == "stream":
-            fraction = budget if money is None else money / ins.cost.advanced
-            routed = score > stream_threshold(ins.validation_scores_[rule], min(fraction, 1.0))
+            routed = score > stream_threshold(ins.validation_scores_[rule], stream_fraction(budget, money, ins.cost))
         else:
             raise InputError(f"mode {mode!r} is not 'batch' or 'stream'")
         has_advanced = ~np.isnan(out.teacher_score)

@@ -130,32 +130,49 @@ def make_rules(threshold: float, seed: int) -> dict:
     return {r.name: r for r in rules}
 
 
+def _check_budget(fraction: float | None, money: float | None, cost: CostModel | None) -> None:
+    if (fraction is None) == (money is None):
+        raise InputError("give exactly one budget: a fraction of products or an amount of money")
+    if money is not None and (money < 0 or cost is None or cost.advanced <= 0):
+        raise InputError(f"money budget {money}: needs money >= 0 and an advanced inspection cost > 0")
+    if fraction is not None and not 0 <= fraction <= 1:
+        raise InputError(f"budget fraction {fraction} is not in [0, 1]")
+
+
 def batch_count(n: int, fraction: float | None = None, money: float | None = None,
                 cost: CostModel | None = None) -> int:
     """How many of ``n`` products a batch budget pays for: a ``fraction`` of them, or the advanced
     inspections that ``money`` buys at ``cost.advanced`` each."""
-    if (fraction is None) == (money is None):
-        raise InputError("give exactly one budget: a fraction of products or an amount of money")
+    _check_budget(fraction, money, cost)
     if money is not None:
-        if money < 0 or cost is None or cost.advanced <= 0:
-            raise InputError(f"money budget {money}: needs money >= 0 and an advanced inspection cost > 0")
         return int(min(n, np.floor(money / cost.advanced + 1e-9)))
-    if not 0 <= fraction <= 1:
-        raise InputError(f"budget fraction {fraction} is not in [0, 1]")
     return int(round(fraction * n))
+
+
+def stream_fraction(fraction: float | None = None, money: float | None = None,
+                    cost: CostModel | None = None) -> float:
+    """The share of a stream to inspect on average: ``fraction``, or what ``money`` per product buys."""
+    _check_budget(fraction, money, cost)
+    return fraction if money is None else min(1.0, money / cost.advanced)
+
+
+def ranks(scores: np.ndarray) -> np.ndarray:
+    """Each product's place when sorted by routing score, highest first (ties broken by position):
+    the top ``k`` are ``ranks(scores) < k``, so one sort serves every budget."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    place = np.empty(len(order), np.int64)
+    place[order] = np.arange(len(order))
+    return place
 
 
 def select_top(scores: np.ndarray, k: int) -> np.ndarray:
     """Batch mode: the ``k`` highest routing scores (ties broken by position)."""
-    routed = np.zeros(len(scores), bool)
-    routed[np.argsort(-np.asarray(scores), kind="stable")[:k]] = True
-    return routed
+    return ranks(scores) < k
 
 
 def stream_threshold(validation_scores: np.ndarray, fraction: float) -> float:
     """Streaming mode: the routing-score threshold that validation products exceed at rate ``fraction``."""
-    if not 0 <= fraction <= 1:
-        raise InputError(f"budget fraction {fraction} is not in [0, 1]")
+    _check_budget(fraction, None, None)
     if fraction == 0:
         return np.inf
     if fraction == 1:

@@ -36,8 +36,8 @@ def _standardise(v: np.ndarray) -> np.ndarray:
 
 
 def simulate_inspections(n_products: int = 5000, n_basic: int = 6, n_advanced: int = 4, info_gap: float = 0.5,
-             label_noise: float = 0.0, fault_rate: float = 0.05, sample_rate: float = 1.0,
-             signal: float = 4.0, locality: float = 1.5, seed: int = 0) -> tuple[pd.DataFrame, Roles]:
+                         label_noise: float = 0.0, fault_rate: float = 0.05, sample_rate: float = 1.0,
+                         signal: float = 4.0, locality: float = 1.5, seed: int = 0) -> tuple[pd.DataFrame, Roles]:
     """A table (``basic_*``, ``advanced_*``, ``fault``, ``time``) and its roles. ``sample_rate`` < 1 blanks
     the advanced results of the products that were not sampled."""
     checks = {"info_gap": 0 <= info_gap <= 1, "label_noise": 0 <= label_noise < 1, "fault_rate": 0 < fault_rate < 1,
