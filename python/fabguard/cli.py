@@ -3,7 +3,9 @@
 Each area's module registers its commands with ``register(subparsers)`` and sets ``func`` on every
 command parser; ``func(args)`` returns the exit code. Area modules import their heavy dependencies
 inside the command functions, and only the chosen area is imported, so ``fabguard yield ...`` never
-loads PyTorch.
+loads PyTorch. Every refused input ends in one line ``fabguard: error: <what, where>`` and exit code 2,
+whether argparse, a command or a library call refused it; Ctrl-C ends in exit code 130 without a
+traceback.
 """
 
 from __future__ import annotations
@@ -12,9 +14,6 @@ import argparse
 import importlib
 import sys
 
-from fabguard import __version__
-from fabguard.errors import InputError
-
 AREAS = {
     "yield": ("fabguard.machine_yield.cli", "find low-yield machines from batch production records"),
     "anomaly": ("fabguard.anomaly.cli", "unsupervised visual anomaly detection"),
@@ -22,9 +21,45 @@ AREAS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with fabguard's error line (subcommand parsers inherit it)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"fabguard: error: {self.prog}: {message}\n")
+
+
+def typed(kind: type, *forms):
+    """An argparse ``type``: parse the text as ``kind`` (``int`` or ``float``) and check it against the
+    :mod:`fabguard.params` ``forms`` (e.g. ``typed(int, params.SEED)``)."""
+    from fabguard import params
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not any(form.accepts(value) for form in forms):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {' or '.join(str(f) for f in forms)}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_seed(parser: argparse.ArgumentParser) -> None:
+    """``--seed``, the same on every command."""
+    from fabguard import params
+
+    parser.add_argument("--seed", type=typed(int, params.SEED), default=0,
+                        help=f"random seed, 0 to {params.MAX_SEED} (default 0)")
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser, with only the chosen area's commands imported and registered."""
-    parser = argparse.ArgumentParser(prog="fabguard", description=__doc__.splitlines()[0])
+    from fabguard import __version__
+
+    parser = Parser(prog="fabguard", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fabguard {__version__}")
     areas = parser.add_subparsers(dest="area", metavar="AREA", required=True)
     chosen = next((a for a in argv if not a.startswith("-")), None)
@@ -37,16 +72,28 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv).parse_args(argv)
     try:
+        from fabguard.errors import InputError
+
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(argv).parse_args(argv)
         return int(args.func(args) or 0)
-    except (InputError, FileNotFoundError, IsADirectoryError) as exc:
-        print(f"fabguard: error: {exc}", file=sys.stderr)
-        return 2
+    except InputError as exc:
+        return _fail(str(exc))
+    except OSError as exc:  # a file that vanished or became unreadable / unwritable after the checks
+        if exc.filename is None:
+            raise
+        return _fail(f"{exc.filename}: {exc.strerror or exc}")
+    except MemoryError:
+        return _fail("out of memory; use smaller sizes (fewer resamples, images or batches)")
     except KeyboardInterrupt:
         print("fabguard: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(message: str) -> int:
+    print(f"fabguard: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

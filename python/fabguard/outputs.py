@@ -1,28 +1,95 @@
-"""Output files that appear whole or not at all."""
+"""Output files and model folders that appear whole or not at all, checked before the work starts.
+
+Commands call :func:`check_output` for every output path while parsing their arguments, so a path
+that cannot be written (read-only folder, the input file itself, a folder where a file goes) is
+refused before any long computation; then they write through :func:`atomic_path` (one file) or
+:func:`atomic_dir` (a model folder), which move the finished result into place in one rename.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+from fabguard.errors import InputError
+
+
+def _umask_mode(base: int) -> int:
+    """``base`` (0o666 for files, 0o777 for folders) less the process umask: what ``open`` would give."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
+def check_output(path: str | os.PathLike, what: str = "output", inputs: Iterable[str | os.PathLike] = (),
+                 folder: bool = False) -> Path:
+    """Refuse an output path before work starts: the parent folder must exist (or be creatable) and be
+    writable; the path must not be one of ``inputs``; a file output must not be an existing folder (and
+    a folder output not an existing file). Returns the path."""
+    target = Path(path)
+    if str(path) == "":
+        raise InputError(f"{what}: empty path")
+    resolved = target.resolve()
+    for source in inputs:
+        if source is not None and Path(source).exists() and Path(source).resolve() == resolved:
+            raise InputError(f"{what} {target}: is the input file {source}; choose another path")
+    if target.exists() and target.is_dir() != folder:
+        kind = "a folder" if target.is_dir() else "a file"
+        raise InputError(f"{what} {target}: is {kind}; expected {'a folder' if folder else 'a file'} path")
+    parent = resolved.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{what} {target}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise InputError(f"{what} {target}: no permission to write in {parent}")
+    return target
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
 
-    A crash or an error while writing leaves any earlier file at ``path`` untouched and no partial
-    file behind.
+    A crash, an error or Ctrl-C while writing leaves any earlier file at ``path`` untouched and no
+    partial file behind. The file gets the mode the user's umask gives (as ``open`` would).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp{target.suffix}"
     try:
-        yield Path(tmp)
+        yield tmp
+        if tmp.exists():
+            os.chmod(tmp, _umask_mode(0o666))
         os.replace(tmp, target)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty folder beside ``path``; when the block succeeds, it replaces ``path`` (an
+    earlier folder there is moved aside, then removed). On an error or Ctrl-C the new folder is removed
+    and ``path`` keeps its earlier content whole: a model folder is never a mix of two models."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, _umask_mode(0o777))
+    old = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.old"
+    try:
+        yield tmp
+        if target.exists():
+            os.rename(target, old)
+        os.rename(tmp, target)
+    except BaseException:
+        if old.exists() and not target.exists():
+            os.rename(old, target)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
