@@ -18,6 +18,8 @@ using namespace fabguard;
 
 namespace {
 
+constexpr int kMaxThreads = 1024;
+
 template <typename T>
 using Array = py::array_t<T, py::array::c_style>;
 
@@ -99,6 +101,8 @@ py::dict fit_em_py(const PyProduction& prod, Array<int64_t> subset_ptr, Array<in
                    Array<double> p0, Array<double> a0, double tol, int max_iter, int threads,
                    py::object progress) {
     const Production& pr = prod.view();
+    // Again: the arrays are shared with Python and may have been written to since construction.
+    validate(pr);
     if (subset_ptr.ndim() != 1 || subset_ptr.shape(0) < 2)
         throw std::invalid_argument("subset_ptr must be a 1-d array of at least 2 offsets");
     if (subset_idx.ndim() != 1) throw std::invalid_argument("subset_idx must be 1-d");
@@ -113,7 +117,8 @@ py::dict fit_em_py(const PyProduction& prod, Array<int64_t> subset_ptr, Array<in
     }
     if (!(tol >= 0.0)) throw std::invalid_argument("tol must be >= 0");
     if (max_iter < 1) throw std::invalid_argument("max_iter must be >= 1");
-    if (threads < 1) throw std::invalid_argument("threads must be >= 1");
+    if (threads < 1 || threads > kMaxThreads)
+        throw std::invalid_argument("threads must be in [1, " + std::to_string(kMaxThreads) + "]");
     Subsets subsets{R, subset_ptr.data(), subset_idx.data()};
     validate(subsets, pr.n_batches);
 

@@ -54,7 +54,13 @@ inline bool run_tasks(int64_t n_tasks, int threads,
 
     std::vector<std::thread> pool;
     pool.reserve(static_cast<size_t>(n_workers));
-    for (int w = 0; w < n_workers; ++w) pool.emplace_back(worker, w);
+    try {
+        for (int w = 0; w < n_workers; ++w) pool.emplace_back(worker, w);
+    } catch (...) {  // no thread left joinable: that would terminate the interpreter
+        cancel.store(true);
+        for (auto& th : pool) th.join();
+        throw;
+    }
 
     {
         std::unique_lock<std::mutex> lock(mutex);

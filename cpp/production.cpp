@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
@@ -12,6 +13,8 @@
 namespace fabguard {
 
 namespace {
+
+constexpr int64_t kMaxCount = int64_t{1} << 53;  // counts are summed in double by the EM
 
 [[noreturn]] void fail_row(int64_t batch, int64_t row, const std::string& what) {
     std::ostringstream msg;
@@ -38,6 +41,7 @@ void validate(const Production& pr) {
                 fail_row(b, r, "machine index " + std::to_string(m) + " outside [0, " +
                                    std::to_string(pr.n_machines) + ")");
             if (pr.pieces_in[r] < 0) fail_row(b, r, "pieces_in is negative");
+            if (pr.pieces_in[r] > kMaxCount) fail_row(b, r, "pieces_in exceeds 2^53");
             if (pr.defects[r] < 0) fail_row(b, r, "defects is negative");
             if (pr.defects[r] > pr.pieces_in[r]) fail_row(b, r, "defects exceed pieces_in");
             if (pr.inspects[r] > 1) fail_row(b, r, "inspects must be 0 or 1");
@@ -73,6 +77,8 @@ std::vector<int64_t> draw_resamples(int64_t n_batches, double fraction, int64_t 
     if (n_resamples <= 0) throw std::invalid_argument("n_resamples must be positive");
     const int64_t k = std::max<int64_t>(
         1, static_cast<int64_t>(std::llround(fraction * static_cast<double>(n_batches))));
+    if (n_resamples > std::numeric_limits<int64_t>::max() / k / 8)
+        throw std::length_error("n_resamples x batches per resample overflows 64-bit sizes");
     std::vector<int64_t> out(static_cast<size_t>(k * n_resamples));
     std::vector<int64_t> perm(static_cast<size_t>(n_batches));
     for (int64_t r = 0; r < n_resamples; ++r) {

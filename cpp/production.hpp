@@ -27,7 +27,8 @@ struct Production {
 };
 
 // Throws std::invalid_argument naming the batch index and row of the first violation. The core
-// calls this before it trusts any index, whatever the Python layer has checked already.
+// calls this before it trusts any index, whatever the Python layer has checked already: on
+// construction of the view and again at the start of every fit (O(rows), cheap next to the EM).
 void validate(const Production& pr);
 
 // Batch subsets in CSR form (subset s holds idx[ptr[s] .. ptr[s+1])), e.g. the resamples.

@@ -61,8 +61,9 @@ class Interval:
             return name
         lo = "-inf" if self.low is None else _number(self.low)
         hi = "inf" if self.high is None else _number(self.high)
-        brackets = {"both": "[]", "left": "[)", "right": "(]", "neither": "()"}[self.closed]
-        return f"{name} in {brackets[0]}{lo}, {hi}{brackets[1]}"
+        left = "[" if self.closed in ("both", "left") and self.low is not None else "("
+        right = "]" if self.closed in ("both", "right") and self.high is not None else ")"
+        return f"{name} in {left}{lo}, {hi}{right}"
 
 
 def _number(x: float) -> str:

@@ -10,36 +10,37 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import sparse, stats
-from scipy.optimize import minimize
 
-from fabguard.errors import InputError
+from fabguard.machine_yield._forms import PROBABILITY_OPEN, YIELD
 from fabguard.machine_yield.data import ProductionData, load_production
 from fabguard.machine_yield.report import YieldReport, flag
+from fabguard.params import NONE, POSITIVE_INT, Estimator, check_memory
 
 
-def _presence(data: ProductionData) -> sparse.csr_matrix:
-    """(batches, machines) 0/1: machine used in the batch (once, however often)."""
+def _presence(data: ProductionData):
+    """(batches, machines) 0/1 sparse matrix: machine used in the batch (once, however often)."""
+    from scipy import sparse
+
     x = sparse.coo_matrix((np.ones(data.n_rows), (data.batch_of_row, data.machine)),
                           shape=(data.n_batches, data.n_machines)).tocsr()
     x.data[:] = 1.0
     return x
 
 
-def _check(alpha, max_candidates, name):
-    if not 0 < alpha < 1:
-        raise InputError(f"{name}: alpha must be in (0, 1)")
-    if max_candidates < 1:
-        raise InputError(f"{name}: max_candidates must be >= 1")
-
-
-class GLMYieldEstimator:
+class GLMYieldEstimator(Estimator):
     """Binomial GLM, log link, no intercept: final good ~ Binomial(pieces at start, prod_m P_m).
 
     Maximum likelihood under ln P <= 0 (L-BFGS-B); Wald CIs from the Fisher information; a
     one-sided Wald test of ln P < ln threshold. The threshold defaults to the mean of all machine
     yields. After :meth:`fit`: ``report_``, ``yield_``, ``threshold_``.
     """
+
+    _parameter_constraints = {
+        "alpha": [PROBABILITY_OPEN],
+        "threshold": [NONE, YIELD],
+        "max_candidates": [POSITIVE_INT],
+        "confidence": [PROBABILITY_OPEN],
+    }
 
     def __init__(self, alpha: float = 0.05, threshold: float | None = None, max_candidates: int = 10,
                  confidence: float = 0.95):
@@ -49,8 +50,14 @@ class GLMYieldEstimator:
         self.confidence = confidence
 
     def fit(self, data) -> "GLMYieldEstimator":
-        _check(self.alpha, self.max_candidates, "GLMYieldEstimator")
+        from scipy import special
+        from scipy.optimize import minimize
+
+        self._validate_params()
         data = load_production(data)
+        # the dense Fisher information, its pseudo-inverse and their workspace
+        check_memory(4 * 8 * float(data.n_machines) ** 2, f"GLMYieldEstimator.fit on {data.source} "
+                     f"({data.n_machines} machines)", "use the EM method (--method em)")
         x = _presence(data)
         n = data.start_pieces.astype(np.float64)
         good = data.final_good.astype(np.float64)
@@ -73,9 +80,9 @@ class GLMYieldEstimator:
         se = np.sqrt(np.clip(np.diag(np.linalg.pinv(info, hermitian=True)), 0.0, None))
         estimate = np.exp(q)
         threshold = float(np.mean(estimate)) if self.threshold is None else float(self.threshold)
-        z = stats.norm.ppf(0.5 + self.confidence / 2)
+        z = special.ndtri(0.5 + self.confidence / 2)  # the normal quantile, without importing scipy.stats
         with np.errstate(divide="ignore", invalid="ignore"):
-            p = stats.norm.cdf((q - np.log(threshold)) / se)
+            p = special.ndtr((q - np.log(threshold)) / se)
 
         table = data.machine_usage()
         table["yield"] = estimate
@@ -89,15 +96,14 @@ class GLMYieldEstimator:
         self.yield_ = table.set_index("machine")["yield"]
         self.report_ = YieldReport(
             method="glm", machines=table.iloc[order].reset_index(drop=True), threshold=threshold, alpha=self.alpha,
-            params={"alpha": self.alpha, "threshold": self.threshold, "max_candidates": self.max_candidates,
-                    "confidence": self.confidence},
+            params=self.get_params(),
             summary={"source": data.source, "batches": data.n_batches, "machines": data.n_machines,
                      "converged": bool(fit.success), "iterations": int(fit.nit)},
         )
         return self
 
 
-class CommonalityAnalysis:
+class CommonalityAnalysis(Estimator):
     """Which machines do the low-yield batches have in common?
 
     A batch is low-yield when its yield is at or below the ``low_batch_quantile`` of all batch
@@ -105,8 +111,14 @@ class CommonalityAnalysis:
     "low-yield batches are over-represented among the batches that used it", then
     Benjamini-Hochberg q-values; flagged: q < alpha, smallest p first. The report's ``yield`` is
     the mean yield of the batches that used the machine (descriptive; there is no per-machine
-    model) and its ``threshold`` the batch-yield cut-off.
+    model) and its ``threshold`` the batch-yield cut-off. After :meth:`fit`: ``report_``, ``cutoff_``.
     """
+
+    _parameter_constraints = {
+        "low_batch_quantile": [PROBABILITY_OPEN],
+        "alpha": [PROBABILITY_OPEN],
+        "max_candidates": [POSITIVE_INT],
+    }
 
     def __init__(self, low_batch_quantile: float = 0.2, alpha: float = 0.05, max_candidates: int = 10):
         self.low_batch_quantile = low_batch_quantile
@@ -114,9 +126,9 @@ class CommonalityAnalysis:
         self.max_candidates = max_candidates
 
     def fit(self, data) -> "CommonalityAnalysis":
-        _check(self.alpha, self.max_candidates, "CommonalityAnalysis")
-        if not 0 < self.low_batch_quantile < 1:
-            raise InputError("CommonalityAnalysis: low_batch_quantile must be in (0, 1)")
+        from scipy import stats
+
+        self._validate_params()
         data = load_production(data)
         x = _presence(data)
         batch_yield = data.batch_yield
@@ -144,8 +156,7 @@ class CommonalityAnalysis:
         self.cutoff_ = cutoff
         self.report_ = YieldReport(
             method="commonality", machines=table.iloc[order].reset_index(drop=True), threshold=cutoff, alpha=self.alpha,
-            params={"low_batch_quantile": self.low_batch_quantile, "alpha": self.alpha,
-                    "max_candidates": self.max_candidates},
+            params=self.get_params(),
             summary={"source": data.source, "batches": data.n_batches, "machines": data.n_machines,
                      "low_batches": int(low.sum())},
         )

@@ -18,6 +18,16 @@ def demo_path() -> Path:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
+    # Every number is typed and range-checked while parsing (the same forms as the estimators'
+    # _parameter_constraints), so a bad value ends before any data is read. Only argparse, numpy
+    # and fabguard.params are imported here: the parser is built on every call, --help included.
+    from fabguard.cli import add_seed, typed
+    from fabguard.machine_yield._forms import (MAX_ITER, MAX_THREADS, N_BOOTSTRAP, PROBABILITY, PROBABILITY_OPEN,
+                                               RESAMPLES, THREADS, YIELD)
+    from fabguard.params import POSITIVE_INT, Interval
+
+    threads_help = f"threads, 1 to {MAX_THREADS} (default: all cores)"
+
     detect = commands.add_parser(
         "detect", help="estimate machine yields and list the significantly low ones",
         description="Estimate every machine's yield and inspection miss rate (EM), with resampling, "
@@ -26,67 +36,91 @@ def register(commands: argparse._SubParsersAction) -> None:
     detect.add_argument("--method", choices=("em", "glm", "commonality"), default="em",
                         help="em: the paper's method (default); glm: binomial GLM baseline; "
                              "commonality: Fisher/BH baseline")
-    detect.add_argument("--resamples", type=int, default=30, help="EM resamples (default 30)")
-    detect.add_argument("--fraction", type=float, default=0.8, help="share of batches per resample (default 0.8)")
-    detect.add_argument("--alpha", type=float, default=0.05, help="one-sided test level (default 0.05)")
-    detect.add_argument("--threshold", type=float, default=None,
-                        help="yield threshold (default: mean of all machine yields)")
-    detect.add_argument("--max-candidates", type=int, default=10, help="longest low-yield list (default 10)")
-    detect.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
-    detect.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
-    detect.add_argument("--tol", type=float, default=1e-3, help="EM stop: L2 change of yields (default 1e-3)")
-    detect.add_argument("--max-iter", type=int, default=100, help="EM iteration cap (default 100)")
-    detect.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    detect.add_argument("--resamples", type=typed(int, RESAMPLES), default=30,
+                        help="EM resamples, at least 2 (default 30)")
+    detect.add_argument("--fraction", type=typed(float, YIELD), default=0.8,
+                        help="share of batches per resample, in (0, 1] (default 0.8)")
+    detect.add_argument("--alpha", type=typed(float, PROBABILITY_OPEN), default=0.05,
+                        help="one-sided test level, in (0, 1) (default 0.05)")
+    detect.add_argument("--threshold", type=typed(float, YIELD), default=None,
+                        help="yield threshold, in (0, 1] (default: mean of all machine yields)")
+    detect.add_argument("--max-candidates", type=typed(int, POSITIVE_INT), default=10,
+                        help="longest low-yield list (default 10)")
+    detect.add_argument("--confidence", type=typed(float, PROBABILITY_OPEN), default=0.95,
+                        help="CI level, in (0, 1) (default 0.95)")
+    detect.add_argument("--bootstrap", type=typed(int, N_BOOTSTRAP), default=10_000,
+                        help="bootstrap resamples, at least 100 (default 10000)")
+    detect.add_argument("--tol", type=typed(float, Interval(float, 0, None)), default=1e-3,
+                        help="EM stop: L2 change of yields (default 1e-3)")
+    detect.add_argument("--max-iter", type=typed(int, MAX_ITER), default=100,
+                        help="EM iteration cap (default 100)")
+    detect.add_argument("--threads", type=typed(int, THREADS), default=None, help=threads_help)
     detect.add_argument("--engine", choices=("cpp", "numpy"), default="cpp", help="EM implementation (default cpp)")
-    detect.add_argument("--low-batch-quantile", type=float, default=0.2,
+    detect.add_argument("--low-batch-quantile", type=typed(float, PROBABILITY_OPEN), default=0.2,
                         help="commonality: batches at or below this yield quantile are low (default 0.2)")
-    detect.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    detect.add_argument("--top", type=int, default=15, help="rows in the printed table (default 15)")
+    add_seed(detect)
+    detect.add_argument("--top", type=typed(int, Interval(int, 0, None)), default=15,
+                        help="rows in the printed table (default 15)")
     detect.add_argument("--json", metavar="OUT", help="write the full report as JSON")
     detect.add_argument("--csv", metavar="OUT", help="write the per-machine table as CSV")
-    detect.add_argument("--plot", metavar="OUT.png", help="write a forest plot of yield CIs")
+    detect.add_argument("--plot", metavar="OUT.png", help="write a forest plot of yield CIs (.png, .svg or .pdf)")
     detect.add_argument("--quiet", action="store_true", help="no progress bar")
     detect.set_defaults(func=run_detect)
 
     sim = commands.add_parser("simulate", help="write simulated production records (paper's Table V)")
     sim.add_argument("out", help="output .csv, .csv.gz or .parquet")
-    sim.add_argument("--machines", type=int, default=250)
-    sim.add_argument("--batches", type=int, default=2000)
-    sim.add_argument("--low", type=int, default=3, help="number of low-yield machines")
-    sim.add_argument("--low-yield", type=float, default=0.4)
-    sim.add_argument("--healthy-min", type=float, default=0.998)
-    sim.add_argument("--healthy-max", type=float, default=1.0)
-    sim.add_argument("--inspect-share", type=float, default=0.3, help="share of machines that inspect")
+    sim.add_argument("--machines", type=typed(int, Interval(int, 2, None)), default=250,
+                     help="machines, at least 2 (default 250)")
+    sim.add_argument("--batches", type=typed(int, POSITIVE_INT), default=2000, help="batches (default 2000)")
+    sim.add_argument("--low", type=typed(int, Interval(int, 0, None)), default=3,
+                     help="number of low-yield machines (default 3)")
+    sim.add_argument("--low-yield", type=typed(float, PROBABILITY), default=0.4, help="in [0, 1] (default 0.4)")
+    sim.add_argument("--healthy-min", type=typed(float, PROBABILITY), default=0.998, help="in [0, 1] (default 0.998)")
+    sim.add_argument("--healthy-max", type=typed(float, PROBABILITY), default=1.0, help="in [0, 1] (default 1)")
+    sim.add_argument("--inspect-share", type=typed(float, PROBABILITY_OPEN), default=0.3,
+                     help="share of machines that inspect, in (0, 1) (default 0.3)")
     sim.add_argument("--truth", metavar="OUT", help="also write the per-machine truth (.csv or .parquet)")
-    sim.add_argument("--seed", type=int, default=0)
+    add_seed(sim)
     sim.set_defaults(func=run_simulate)
 
     size = commands.add_parser("sizing", help="batches needed for a target recall, by simulation")
-    size.add_argument("--machines", type=int, required=True)
-    size.add_argument("--low", type=int, required=True, help="expected number of low-yield machines")
-    size.add_argument("--low-yield", type=float, default=0.4)
-    size.add_argument("--target-recall", type=float, default=0.95)
-    size.add_argument("--reps", type=int, default=20, help="simulations per batch count (default 20)")
-    size.add_argument("--resamples", type=int, default=30)
-    size.add_argument("--alpha", type=float, default=0.05)
-    size.add_argument("--max-batches", type=int, default=None, help="give up above this (default 64 x machines)")
-    size.add_argument("--threads", type=int, default=None)
-    size.add_argument("--seed", type=int, default=0)
+    size.add_argument("--machines", type=typed(int, Interval(int, 2, None)), required=True, help="at least 2")
+    size.add_argument("--low", type=typed(int, POSITIVE_INT), required=True,
+                      help="expected number of low-yield machines, at least 1")
+    size.add_argument("--low-yield", type=typed(float, PROBABILITY), default=0.4, help="in [0, 1] (default 0.4)")
+    size.add_argument("--target-recall", type=typed(float, YIELD), default=0.95, help="in (0, 1] (default 0.95)")
+    size.add_argument("--reps", type=typed(int, POSITIVE_INT), default=20,
+                      help="simulations per batch count (default 20)")
+    size.add_argument("--resamples", type=typed(int, RESAMPLES), default=30,
+                      help="EM resamples, at least 2 (default 30)")
+    size.add_argument("--alpha", type=typed(float, PROBABILITY_OPEN), default=0.05, help="in (0, 1) (default 0.05)")
+    size.add_argument("--max-batches", type=typed(int, POSITIVE_INT), default=None,
+                      help="give up above this (default 64 x machines)")
+    size.add_argument("--threads", type=typed(int, THREADS), default=None, help=threads_help)
+    add_seed(size)
     size.add_argument("--json", metavar="OUT", help="write the counts tried and their recall as JSON")
     size.add_argument("--quiet", action="store_true", help="no progress bar")
     size.set_defaults(func=run_sizing)
 
 
 def run_detect(args) -> int:
-    from tqdm.auto import tqdm
-
-    from fabguard.machine_yield import CommonalityAnalysis, GLMYieldEstimator, LowYieldDetector, load_production
+    from fabguard.machine_yield.data import load_production
 
     source = args.data or demo_path()
+    _check_outputs([("--json", args.json, None), ("--csv", args.csv, None),
+                    ("--plot", args.plot, (".png", ".svg", ".pdf"))], source)
+    if args.plot:
+        from fabguard.machine_yield.report import require_matplotlib
+
+        require_matplotlib()
     if args.data is None:
         print(f"no DATA given: using the bundled demo {source}")
     data = load_production(source)
     if args.method == "em":
+        from tqdm.auto import tqdm
+
+        from fabguard.machine_yield.detector import LowYieldDetector
+
         detector = LowYieldDetector(
             resamples=args.resamples, fraction=args.fraction, alpha=args.alpha, threshold=args.threshold,
             max_candidates=args.max_candidates, confidence=args.confidence, n_bootstrap=args.bootstrap,
@@ -94,15 +128,36 @@ def run_detect(args) -> int:
         with tqdm(total=args.resamples + 1, desc="EM fits", unit="fit", disable=args.quiet) as bar:
             detector.fit(data, progress=lambda done, total: bar.update(done - bar.n))
     elif args.method == "glm":
+        from fabguard.machine_yield.baselines import GLMYieldEstimator
+
         detector = GLMYieldEstimator(alpha=args.alpha, threshold=args.threshold, max_candidates=args.max_candidates,
                                      confidence=args.confidence).fit(data)
     else:
+        from fabguard.machine_yield.baselines import CommonalityAnalysis
+
         detector = CommonalityAnalysis(low_batch_quantile=args.low_batch_quantile, alpha=args.alpha,
                                        max_candidates=args.max_candidates).fit(data)
     report = detector.report_
     print(report.to_text(args.top))
     _write_outputs(report, args)
     return 0
+
+
+def _check_outputs(outputs, source) -> None:
+    """Refuse, before any work, an output path that cannot be written, has the wrong suffix, is the
+    input file, or is given twice."""
+    from fabguard.outputs import check_output
+
+    seen = {}
+    for flag, path, suffixes in outputs:
+        if not path:
+            continue
+        if suffixes and not path.lower().endswith(suffixes):
+            raise InputError(f"{flag} {path}: use a {', '.join(suffixes[:-1])} or {suffixes[-1]} file name")
+        resolved = check_output(path, flag, inputs=[source]).resolve()
+        if resolved in seen:
+            raise InputError(f"{flag} {path}: the same file as {seen[resolved]}; choose another path")
+        seen[resolved] = flag
 
 
 def _write_outputs(report, args) -> None:
@@ -116,28 +171,27 @@ def _write_outputs(report, args) -> None:
             report.to_pandas().to_csv(tmp, index=False)
         print(f"wrote {args.csv}")
     if args.plot:
-        if not args.plot.lower().endswith((".png", ".svg", ".pdf")):
-            raise InputError(f"--plot {args.plot}: use a .png, .svg or .pdf file name")
         report.plot(args.plot)
         print(f"wrote {args.plot}")
+
+
+TABLES = (".csv", ".csv.gz", ".parquet")
 
 
 def _write_table(frame, path: str) -> None:
     from fabguard.outputs import atomic_path
 
-    lower = path.lower()
-    if not lower.endswith((".csv", ".csv.gz", ".parquet")):
-        raise InputError(f"{path}: use a .csv, .csv.gz or .parquet file name")
     with atomic_path(path) as tmp:
-        if lower.endswith(".parquet"):
+        if path.lower().endswith(".parquet"):
             frame.to_parquet(tmp, index=False)
         else:
-            frame.to_csv(tmp, index=False, compression="gzip" if lower.endswith(".gz") else None)
+            frame.to_csv(tmp, index=False, compression="gzip" if path.lower().endswith(".gz") else None)
 
 
 def run_simulate(args) -> int:
     from fabguard.machine_yield import simulate
 
+    _check_outputs([("OUT", args.out, TABLES), ("--truth", args.truth, TABLES)], None)
     sim = simulate(args.machines, args.batches, args.low, args.low_yield,
                    healthy_yield=(args.healthy_min, args.healthy_max), inspect_share=args.inspect_share, seed=args.seed)
     _write_table(sim.data.to_frame(), args.out)
@@ -152,11 +206,16 @@ def run_simulate(args) -> int:
 def run_sizing(args) -> int:
     import json
 
-    from fabguard.machine_yield import LowYieldDetector
+    from fabguard.machine_yield._forms import MAX_THREADS
+    from fabguard.machine_yield.detector import LowYieldDetector
     from fabguard.machine_yield.sizing import batches_needed
     from fabguard.outputs import atomic_path
 
-    detector = LowYieldDetector(resamples=args.resamples, alpha=args.alpha, threads=args.threads or os.cpu_count())
+    _check_outputs([("--json", args.json, None)], None)
+    if args.low > args.machines:
+        raise InputError(f"--low {args.low}: more low-yield machines than --machines {args.machines}")
+    threads = args.threads or min(os.cpu_count() or 1, MAX_THREADS)
+    detector = LowYieldDetector(resamples=args.resamples, alpha=args.alpha, threads=threads)
     result = batches_needed(args.machines, args.low, args.low_yield, target_recall=args.target_recall, reps=args.reps,
                             seed=args.seed, detector=detector, max_batches=args.max_batches, progress=not args.quiet)
     print(result.tried.to_string(index=False, float_format="{:.3f}".format))

@@ -2,6 +2,10 @@
 
 Row numbers in error messages count data rows from 1 in the order given (a CSV header is not a
 row), so that ``row 7`` is the seventh record of the file or table.
+
+Validated arrays are read-only, and every fit checks them again (:meth:`ProductionData.check`, then
+the C++ core before it trusts an index): arrays written to after validation, or a
+``ProductionData`` built by hand, end in an :class:`~fabguard.errors.InputError`, never a crash.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ from fabguard.errors import InputError
 REQUIRED = ("batch", "step", "machine", "pieces_in", "defects")
 OPTIONAL = ("inspected",)
 COUNTS = ("step", "pieces_in", "defects")
+MAX_COUNT = 2**53  # counts are summed in float64 by the EM: larger ones would lose pieces
+MAX_TOTAL = 2**63  # per-machine totals of pieces_in are reported as int64
+DTYPES = {"batch_ptr": np.int64, "machine": np.int32, "pieces_in": np.int64, "defects": np.int64,
+          "inspects": np.uint8}
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 
@@ -53,29 +61,60 @@ class ProductionData:
     def n_rows(self) -> int:
         return len(self.machine)
 
+    def check(self) -> "ProductionData":
+        """Check the arrays' types, lengths, index ranges and counts again (in the C++ core, O(rows)):
+        they may have been written to since validation, or built by hand. Raises InputError."""
+        self._core_view()
+        return self
+
+    def _core_view(self):
+        """A new C++ view of the arrays, which validates them; InputError names what is wrong."""
+        from fabguard import _core
+
+        for name, dtype in DTYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, np.ndarray) or value.dtype != dtype or value.ndim != 1:
+                got = (f"{value.dtype} array of shape {value.shape}" if isinstance(value, np.ndarray)
+                       else type(value).__name__)
+                raise InputError(f"{self.source}: ProductionData.{name} must be a 1-d {np.dtype(dtype)} array; "
+                                 f"got {got}")
+        if len(self.batch_ptr) != self.n_batches + 1:
+            raise InputError(f"{self.source}: ProductionData.batch_ptr has {len(self.batch_ptr)} offsets for "
+                             f"{self.n_batches} batch ids; expected {self.n_batches + 1}")
+        try:
+            view = _core.Production(self.batch_ptr, self.machine, self.pieces_in, self.defects, self.inspects,
+                                    self.n_machines)
+        except ValueError as exc:
+            raise InputError(f"{self.source}: invalid ProductionData: {exc}") from None
+        over = _overflowing_total(self.machine, self.pieces_in, self.n_machines)
+        if over is not None:
+            raise InputError(f"{self.source}: the pieces_in of machine {_plain(self.machine_ids[over[0]])} add up "
+                             f"to {over[2]:.4g}, beyond the 64-bit integer range; split the data")
+        return view
+
     @cached_property
     def batch_of_row(self) -> np.ndarray:
-        return np.repeat(np.arange(self.n_batches), np.diff(self.batch_ptr))
+        return _frozen(np.repeat(np.arange(self.n_batches), np.diff(self.batch_ptr)))
 
     @cached_property
     def start_pieces(self) -> np.ndarray:
-        return self.pieces_in[self.batch_ptr[:-1]]
+        return _frozen(self.pieces_in[self.batch_ptr[:-1]])
 
     @cached_property
     def final_good(self) -> np.ndarray:
         last = self.batch_ptr[1:] - 1
-        return self.pieces_in[last] - self.defects[last]
+        return _frozen(self.pieces_in[last] - self.defects[last])
 
     @cached_property
     def batch_yield(self) -> np.ndarray:
         """Final good pieces over pieces at start, per batch."""
-        return self.final_good / self.start_pieces
+        return _frozen(self.final_good / self.start_pieces)
 
     @cached_property
     def detected_after(self) -> np.ndarray:
         """Per row: defects detected at later steps of the same batch."""
         total = np.cumsum(self.defects)
-        return total[self.batch_ptr[1:] - 1][self.batch_of_row] - total
+        return _frozen(total[self.batch_ptr[1:] - 1][self.batch_of_row] - total)
 
     @cached_property
     def first_use(self) -> np.ndarray:
@@ -83,14 +122,13 @@ class ProductionData:
         key = self.batch_of_row.astype(np.int64) * self.n_machines + self.machine
         first = np.zeros(self.n_rows, dtype=bool)
         first[np.unique(key, return_index=True)[1]] = True
-        return first
+        return _frozen(first)
 
     @cached_property
     def core(self):
-        """The validated C++ view (shares these arrays, no copy)."""
-        from fabguard import _core
-
-        return _core.Production(self.batch_ptr, self.machine, self.pieces_in, self.defects, self.inspects, self.n_machines)
+        """The validated C++ view (shares these arrays, no copy; the core validates them again on
+        every fit)."""
+        return self._core_view()
 
     def machine_usage(self) -> pd.DataFrame:
         """Per machine: batches that used it, uses (steps), pieces processed, whether it inspects."""
@@ -126,14 +164,14 @@ def load_production(source) -> ProductionData:
     """Read and validate production records.
 
     ``source``: a CSV or Parquet path, a pandas DataFrame, a dict of equal-length arrays, or an
-    existing :class:`ProductionData` (returned as is). Columns: ``batch``, ``step`` (1-based order
+    existing :class:`ProductionData` (checked again, then returned as is). Columns: ``batch``, ``step`` (1-based order
     within the batch), ``machine``, ``pieces_in``, ``defects``, and optionally ``inspected``
     (default: a machine inspects wherever it detected a defect somewhere in the data).
     Raises :class:`~fabguard.errors.InputError` naming the source, row, batch and column of the
     first problem found.
     """
     if isinstance(source, ProductionData):
-        return source
+        return source.check()
     frame, name = _read(source)
     return _validate(frame, name)
 
@@ -148,6 +186,8 @@ def _read(source) -> tuple[pd.DataFrame, str]:
         return pd.DataFrame({k: np.asarray(v).reshape(-1) for k, v in source.items()}), "dict"
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder; give a CSV or Parquet file")
         if not path.is_file():
             raise InputError(f"{path}: no such file")
         suffixes = "".join(path.suffixes[-2:]).lower()
@@ -173,7 +213,7 @@ class _Where:
         batch = self.frame["batch"].iat[row] if "batch" in self.frame else None
         where = f"{self.name}: row {row + 1}"
         if batch is not None and not pd.isna(batch):
-            where += f", batch {batch!r}"
+            where += f", batch {_plain(batch)}"
         if column:
             where += f", column {column!r}"
         return InputError(f"{where}: {what}")
@@ -254,31 +294,78 @@ def _validate(frame: pd.DataFrame, name: str) -> ProductionData:
         inspects = detects[machine_codes]
     else:
         inspects = inspected[order]
+    _check_totals(machine_codes, pieces, order, machine_ids, where)
     return ProductionData(
-        batch_ids=np.asarray(batch_ids, dtype=object),
-        machine_ids=np.asarray(machine_ids, dtype=object),
-        batch_ptr=batch_ptr,
-        machine=machine_codes.astype(np.int32),
-        pieces_in=np.ascontiguousarray(pieces, dtype=np.int64),
-        defects=np.ascontiguousarray(defects, dtype=np.int64),
-        inspects=np.ascontiguousarray(inspects, dtype=np.uint8),
+        batch_ids=_frozen(np.array(batch_ids, dtype=object)),
+        machine_ids=_frozen(np.array(machine_ids, dtype=object)),
+        batch_ptr=_frozen(batch_ptr),
+        machine=_frozen(machine_codes.astype(np.int32)),
+        pieces_in=_frozen(np.ascontiguousarray(pieces, dtype=np.int64)),
+        defects=_frozen(np.ascontiguousarray(defects, dtype=np.int64)),
+        inspects=_frozen(np.ascontiguousarray(inspects, dtype=np.uint8)),
         source=name,
     )
 
 
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """The array, read-only: validated data must not change under the checks that passed."""
+    array.setflags(write=False)
+    return array
+
+
+def _check_totals(machine: np.ndarray, pieces: np.ndarray, order: np.ndarray, machine_ids, where: _Where) -> None:
+    over = _overflowing_total(machine, pieces, len(machine_ids))
+    if over is not None:
+        m, k, total = over
+        raise where.fail(int(order[k]), "pieces_in",
+                         f"the pieces_in of machine {_plain(machine_ids[m])} add up to 2^63 or more here ({total:.4g} "
+                         f"over all its rows), beyond the 64-bit integer range; split the data")
+
+
+def _overflowing_total(machine: np.ndarray, pieces: np.ndarray, n_machines: int):
+    """(machine, row, total) of the first machine whose total pieces_in reaches 2^63 (it would wrap
+    around in int64) and the row where it does; None if none does. Summed in float64: each count is at
+    most 2^53, so the sum is exact to far better than the margin that matters."""
+    totals = np.bincount(machine, weights=pieces, minlength=n_machines)
+    over = np.flatnonzero(totals >= MAX_TOTAL)
+    if not len(over):
+        return None
+    m = int(over[0])
+    rows = np.flatnonzero(machine == m)
+    k = rows[int(np.argmax(np.cumsum(pieces[rows].astype(np.float64)) >= MAX_TOTAL))]
+    return m, int(k), float(totals[m])
+
+
 def _integers(frame: pd.DataFrame, column: str, where: _Where) -> np.ndarray:
     raw = frame[column]
+    if pd.api.types.is_bool_dtype(raw.dtype):
+        raise InputError(f"{where.name}: column {column!r} holds true/false values, not counts")
+    if raw.dtype == object:
+        flags = np.flatnonzero([isinstance(v, (bool, np.bool_)) for v in raw])
+        if len(flags):
+            raise where.fail(int(flags[0]), column, f"{raw.iat[flags[0]]} is a boolean, not a count")
     values = pd.to_numeric(raw, errors="coerce")
     bad = np.flatnonzero(values.isna().to_numpy())
     if len(bad):
         r = int(bad[0])
-        raise where.fail(r, column, f"not a number: {raw.iat[r]!r}")
+        raise where.fail(r, column, f"not a number: {_plain(raw.iat[r])}")
     as_float = values.to_numpy(dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(as_float) | (as_float != np.floor(as_float)) | (np.abs(as_float) > 2**53))
+    bad = np.flatnonzero(~np.isfinite(as_float) | (as_float != np.floor(as_float)))
     if len(bad):
         r = int(bad[0])
-        raise where.fail(r, column, f"not a whole number: {raw.iat[r]!r}")
+        raise where.fail(r, column, f"not a whole number: {_plain(raw.iat[r])}")
+    bad = np.flatnonzero(np.abs(as_float) > MAX_COUNT)
+    if len(bad):
+        r = int(bad[0])
+        raise where.fail(r, column, f"{_plain(raw.iat[r])} is too large (at most 2^53 = {MAX_COUNT})")
     return as_float.astype(np.int64)
+
+
+def _plain(value) -> str:
+    """A cell as the user wrote it: numpy scalars without their type (``5``, not ``np.uint64(5)``)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _booleans(frame: pd.DataFrame, column: str, where: _Where) -> np.ndarray:
@@ -292,5 +379,5 @@ def _booleans(frame: pd.DataFrame, column: str, where: _Where) -> np.ndarray:
     bad = np.flatnonzero(~(true | false))
     if len(bad):
         r = int(bad[0])
-        raise where.fail(r, column, f"not a boolean: {raw.iat[r]!r} (use true/false or 1/0)")
+        raise where.fail(r, column, f"not a boolean: {_plain(raw.iat[r])} (use true/false or 1/0)")
     return true

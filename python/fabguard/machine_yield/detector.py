@@ -20,15 +20,18 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from fabguard.errors import InputError
-from fabguard.machine_yield.data import ProductionData, load_production
+from fabguard.machine_yield._forms import (MAX_ITER, MAX_THREADS, N_BOOTSTRAP, PROBABILITY_OPEN, RESAMPLES, SEED64,
+                                           THREADS, YIELD)
+from fabguard.machine_yield.data import load_production
 from fabguard.machine_yield.em import fit_subsets
 from fabguard.machine_yield.report import YieldReport, flag
+from fabguard.params import NONE, POSITIVE_INT, Estimator, Interval, Options, check_memory
+
+_BOOT_CHUNK, _BOOT_BATCH = 100, 1000  # machines per scipy.stats.bootstrap call, resamples per batch
 
 
-class LowYieldDetector:
+class LowYieldDetector(Estimator):
     """Find machines whose yield is significantly low, from routes and detected defect counts.
 
     Parameters mirror the paper: ``resamples`` (30) fits on a ``fraction`` (0.8) of the batches;
@@ -37,10 +40,29 @@ class LowYieldDetector:
     stop the EM. ``threads`` defaults to all cores; results are identical for any count.
     ``engine="numpy"`` runs the plain NumPy reference instead of the C++ core.
 
+    Parameters are checked at the start of :meth:`fit` (an
+    :class:`~fabguard.errors.InvalidParameterError` names the one refused), and so is the memory the
+    fit will need (a :class:`~fabguard.errors.ResourceError` gives the figure).
+
     After :meth:`fit`: ``report_`` (:class:`YieldReport`), ``yield_`` and ``miss_rate_``
     (full-data fit, Series by machine), ``resample_yields_`` (DataFrame, resamples x machines),
     ``threshold_``, ``low_yield_machines_``.
     """
+
+    _parameter_constraints = {
+        "resamples": [RESAMPLES],
+        "fraction": [YIELD],
+        "alpha": [PROBABILITY_OPEN],
+        "threshold": [NONE, YIELD],
+        "max_candidates": [POSITIVE_INT],
+        "confidence": [PROBABILITY_OPEN],
+        "n_bootstrap": [N_BOOTSTRAP],
+        "tol": [Interval(float, 0, None)],
+        "max_iter": [MAX_ITER],
+        "threads": [NONE, THREADS],
+        "engine": [Options(("cpp", "numpy"))],
+        "seed": [SEED64],
+    }
 
     def __init__(
         self,
@@ -76,9 +98,11 @@ class LowYieldDetector:
         ``data``: anything :func:`load_production` reads. ``progress(done, total)`` is called as
         EM fits finish (total = resamples + 1).
         """
-        self._check_params()
+        self._validate_params()
         started = time.perf_counter()
         data = load_production(data)
+        check_memory(self._fit_bytes(data), f"LowYieldDetector.fit on {data.source}",
+                     "lower resamples or n_bootstrap")
         from fabguard import _core
 
         subsets = [np.arange(data.n_batches)] + list(
@@ -86,8 +110,9 @@ class LowYieldDetector:
         )
         total = len(subsets)
         fits = fit_subsets(
-            data, subsets, tol=self.tol, max_iter=self.max_iter, threads=self.threads or os.cpu_count() or 1,
-            engine=self.engine, progress=None if progress is None else (lambda done: progress(done, total)),
+            data, subsets, tol=self.tol, max_iter=self.max_iter,
+            threads=self.threads or min(os.cpu_count() or 1, MAX_THREADS), engine=self.engine,
+            progress=None if progress is None else (lambda done: progress(done, total)),
         )
         resampled = fits.yield_[1:]
         threshold = float(np.nanmean(fits.yield_[0])) if self.threshold is None else float(self.threshold)
@@ -130,28 +155,18 @@ class LowYieldDetector:
         self.low_yield_machines_ = self.report_.low_yield
         return self
 
-    def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in (
-            "resamples", "fraction", "alpha", "threshold", "max_candidates", "confidence", "n_bootstrap",
-            "tol", "max_iter", "threads", "engine", "seed")}
-
-    def _check_params(self) -> None:
-        checks = [
-            (isinstance(self.resamples, (int, np.integer)) and self.resamples >= 2, "resamples must be an integer >= 2"),
-            (0 < self.fraction <= 1, "fraction must be in (0, 1]"),
-            (0 < self.alpha < 1, "alpha must be in (0, 1)"),
-            (0 < self.confidence < 1, "confidence must be in (0, 1)"),
-            (self.threshold is None or 0 < self.threshold <= 1, "threshold must be in (0, 1]"),
-            (self.max_candidates >= 1, "max_candidates must be >= 1"),
-            (self.n_bootstrap >= 100, "n_bootstrap must be >= 100"),
-            (self.tol >= 0, "tol must be >= 0"),
-            (self.max_iter >= 1, "max_iter must be >= 1"),
-            (self.threads is None or self.threads >= 1, "threads must be >= 1"),
-            (self.engine in ("cpp", "numpy"), "engine must be 'cpp' or 'numpy'"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(f"LowYieldDetector: {message}")
+    def _fit_bytes(self, data) -> float:
+        """Peak memory of a fit, estimated from its largest arrays: the resampled batch indices (drawn,
+        then concatenated), the (resamples, machines) results and their copies, the NumPy engine's
+        padded (batches, steps) arrays, and scipy's bootstrap of one chunk of machines."""
+        r, m, b = self.resamples, data.n_machines, self.n_bootstrap
+        k = max(1.0, round(self.fraction * data.n_batches))
+        total = 2 * 8 * r * k + 6 * 8 * (r + 1) * m
+        if self.engine == "numpy":
+            total += 20 * 8 * k * float(np.max(np.diff(data.batch_ptr)))
+        chunk, batch = min(_BOOT_CHUNK, m), min(_BOOT_BATCH, b)
+        total += 8 * (chunk + 1) * batch * r + 32 * chunk * b + 8 * chunk * min(_BOOT_BATCH, r) * r
+        return float(total)
 
 
 def bootstrap_below(estimates: np.ndarray, threshold: float, confidence: float, n_bootstrap: int, seed: int):
@@ -168,6 +183,8 @@ def bootstrap_below(estimates: np.ndarray, threshold: float, confidence: float, 
     low, high, p = mean.copy(), mean.copy(), mean.copy()
     with np.errstate(invalid="ignore"):
         mean[counts > 0] = np.nanmean(estimates[:, counts > 0], axis=0)
+    from scipy import stats
+
     rng = np.random.default_rng(seed)
     for n in np.unique(counts[counts >= 2]):
         cols = np.flatnonzero(counts == n)
@@ -178,11 +195,11 @@ def bootstrap_below(estimates: np.ndarray, threshold: float, confidence: float, 
         p[flat] = np.where(mean[flat] < threshold, 1.0 / (n_bootstrap + 1), 1.0)
         if spread.any():
             cols, x = cols[spread], x[spread]
-            for chunk in range(0, len(cols), 100):  # bounds memory to ~100 * n_bootstrap * n values
-                part = slice(chunk, chunk + 100)
+            for chunk in range(0, len(cols), _BOOT_CHUNK):  # bounds memory (LowYieldDetector._fit_bytes)
+                part = slice(chunk, chunk + _BOOT_CHUNK)
                 res = stats.bootstrap(
                     (x[part],), np.mean, n_resamples=n_bootstrap, confidence_level=confidence, method="BCa",
-                    axis=-1, vectorized=True, batch=1000, rng=rng,
+                    axis=-1, vectorized=True, batch=_BOOT_BATCH, rng=rng,
                 )
                 low[cols[part]] = res.confidence_interval.low
                 high[cols[part]] = res.confidence_interval.high

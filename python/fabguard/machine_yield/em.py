@@ -15,7 +15,9 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import minimize
 
+from fabguard.errors import InputError
 from fabguard.machine_yield.data import ProductionData
+from fabguard.params import Options, check
 
 #: Starting yields are kept inside [START_MIN, START_MAX]. A yield of exactly 1 is absorbing (the
 #: machine never receives a share of the defects), and the bounded least squares puts many
@@ -87,9 +89,15 @@ def fit_subsets(
     engine ``"cpp"`` runs the C++ core on ``threads`` threads (identical results for any count);
     ``"numpy"`` runs the plain NumPy reference (one thread). ``start`` = (yields, miss rates)
     overrides the starting values (default :func:`starting_values`). ``progress(done)`` is called
-    as subsets finish.
+    as subsets finish. Raises InputError for data written to since validation and for a subset that
+    is empty or holds an index outside the batches.
     """
-    subsets = [np.ascontiguousarray(s, dtype=np.int64) for s in subsets]
+    check("engine", engine, Options(("cpp", "numpy")), owner="fit_subsets")
+    data.check()
+    subsets = [np.ascontiguousarray(s, dtype=np.int64).reshape(-1) for s in subsets]
+    for i, s in enumerate(subsets):
+        if len(s) == 0 or s.min() < 0 or s.max() >= data.n_batches:
+            raise InputError(f"fit_subsets: subset {i} is empty or holds a batch index outside [0, {data.n_batches})")
     p0, a0 = start if start is not None else starting_values(data)
     if engine == "cpp":
         from fabguard import _core
@@ -100,8 +108,6 @@ def fit_subsets(
             np.ascontiguousarray(a0, np.float64), tol=tol, max_iter=max_iter, threads=threads, progress=progress,
         )
         return EmFits(out["yield"], out["miss_rate"], out["expected_defects"], out["n_iter"], out["converged"])
-    if engine == "numpy":
-        from fabguard.machine_yield.em_numpy import fit_em_numpy
+    from fabguard.machine_yield.em_numpy import fit_em_numpy
 
-        return fit_em_numpy(data, subsets, p0, a0, tol=tol, max_iter=max_iter, progress=progress)
-    raise ValueError(f"engine must be 'cpp' or 'numpy', got {engine!r}")
+    return fit_em_numpy(data, subsets, p0, a0, tol=tol, max_iter=max_iter, progress=progress)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from fabguard.errors import InputError
 from fabguard.outputs import atomic_path
 
 
@@ -79,7 +80,9 @@ class YieldReport:
 
     def plot(self, path=None, top: int = 30):
         """Forest plot of the lowest ``top`` yields (and every flagged machine) with their CIs, the
-        threshold, and the flagged machines in red. Saved atomically to ``path`` if given."""
+        threshold, and the flagged machines in red. Saved atomically to ``path`` if given. Needs
+        matplotlib (``pip install 'fabguard[plot]'``)."""
+        require_matplotlib()
         from matplotlib.figure import Figure
 
         m = self.machines
@@ -115,6 +118,14 @@ class YieldReport:
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, dpi=120, format=str(path).rsplit(".", 1)[-1].lower())
         return fig
+
+
+def require_matplotlib() -> None:
+    """Refuse a plot, before any work, where matplotlib (an extra, not in the core install) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise InputError("plotting needs matplotlib, which is not installed: pip install 'fabguard[plot]'")
 
 
 def flag(estimate: np.ndarray, p_value: np.ndarray, threshold: float, alpha: float,

@@ -15,12 +15,22 @@ pieces per thousand at most while a low-yield machine (0.4 in Table VI) loses mo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from fabguard.errors import InputError
-from fabguard.machine_yield.data import ProductionData
+from fabguard.errors import InputError, InvalidParameterError
+from fabguard.machine_yield._forms import PROBABILITY, PROBABILITY_OPEN, SEED64
+from fabguard.params import Interval, check, check_memory
+
+if TYPE_CHECKING:  # pandas is imported when a simulation runs: ``import fabguard.machine_yield`` stays light
+    import pandas as pd
+
+    from fabguard.machine_yield.data import ProductionData
+
+#: Peak memory per simulated batch and per machine. Simulating 50,000 batches (20 steps each on
+#: average) and writing them as CSV peaked at 2.8 KB per batch; 4 KB leaves room for longer routes.
+BYTES_PER_BATCH, BYTES_PER_MACHINE = 4_000, 200
 
 
 @dataclass(frozen=True)
@@ -46,8 +56,26 @@ def simulate(
     seed: int = 0,
 ) -> Simulation:
     """Simulate ``n_batches`` batches over ``n_machines`` machines, ``n_low`` of them at
-    ``low_yield``. The same arguments always give the same data, on any machine."""
+    ``low_yield``. The same arguments always give the same data, on any machine. Refuses, before
+    simulating, arguments out of range (InvalidParameterError) and sizes that cannot fit in memory
+    (ResourceError)."""
+    import pandas as pd
+
     from fabguard import _core
+    from fabguard.machine_yield.data import ProductionData, _frozen
+
+    check("n_machines", n_machines, Interval(int, 2, None), owner="simulate")
+    check("n_batches", n_batches, Interval(int, 1, None), owner="simulate")
+    check("n_low", n_low, Interval(int, 0, n_machines), owner="simulate")
+    check("low_yield", low_yield, PROBABILITY, owner="simulate")
+    if not (isinstance(healthy_yield, (tuple, list)) and len(healthy_yield) == 2
+            and all(PROBABILITY.accepts(v) for v in healthy_yield)):
+        raise InvalidParameterError(f"the 'healthy_yield' parameter of simulate must be a pair (low, high) of "
+                                    f"numbers in [0, 1]; got {healthy_yield!r}")
+    check("inspect_share", inspect_share, PROBABILITY_OPEN, owner="simulate")
+    check("seed", seed, SEED64, owner="simulate")
+    check_memory(float(n_batches) * BYTES_PER_BATCH + float(n_machines) * BYTES_PER_MACHINE,
+                 f"simulating {n_batches} batches over {n_machines} machines", "simulate fewer batches")
 
     config = _core.SimConfig()
     config.n_machines, config.n_batches, config.n_low = int(n_machines), int(n_batches), int(n_low)
@@ -65,13 +93,13 @@ def simulate(
     names = np.array([f"M{m + 1:0{width}d}" for m in range(n_machines)], dtype=object)
     new_index = np.cumsum(used) - 1
     data = ProductionData(
-        batch_ids=np.array([f"B{b + 1:06d}" for b in range(n_batches)], dtype=object),
-        machine_ids=names[used],
-        batch_ptr=sim["batch_ptr"],
-        machine=new_index[sim["machine"]].astype(np.int32),
-        pieces_in=sim["pieces_in"],
-        defects=sim["defects"],
-        inspects=sim["inspects"],
+        batch_ids=_frozen(np.array([f"B{b + 1:06d}" for b in range(n_batches)], dtype=object)),
+        machine_ids=_frozen(names[used]),
+        batch_ptr=_frozen(sim["batch_ptr"]),
+        machine=_frozen(new_index[sim["machine"]].astype(np.int32)),
+        pieces_in=_frozen(sim["pieces_in"]),
+        defects=_frozen(sim["defects"]),
+        inspects=_frozen(sim["inspects"]),
         source=f"simulate(seed={seed})",
     )
     data.core  # noqa: B018  (validates the arrays in the core)

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fabguard.errors import InputError
+from fabguard.machine_yield._forms import PROBABILITY, SEED64, YIELD
 from fabguard.machine_yield.detector import LowYieldDetector
-from fabguard.machine_yield.simulate import simulate
+from fabguard.machine_yield.simulate import BYTES_PER_BATCH, BYTES_PER_MACHINE, simulate
+from fabguard.params import POSITIVE_INT, Interval, check, check_memory
 
 
 def rep_seed(seed: int, rep: int) -> int:
@@ -29,6 +30,7 @@ def evaluate(n_machines: int, n_batches: int, n_low: int, low_yield: float = 0.4
     true low-yield machines flagged), precision (share of flagged machines truly low; NaN if none
     flagged) and the counts behind them. ``detector``: a :class:`LowYieldDetector` (default) or a
     baseline; one with a ``seed`` gets each repetition's seed."""
+    check("reps", reps, POSITIVE_INT, owner="evaluate")
     detector = detector or LowYieldDetector()
     rows = []
     for rep in tqdm(range(reps), desc=f"{n_machines} machines x {n_batches} batches", disable=not progress, leave=False):
@@ -73,13 +75,23 @@ def batches_needed(n_machines: int, n_low: int, low_yield: float = 0.4, *, targe
     ``target_recall``: doubling from ``start`` (default 2 x machines) up to ``max_batches``
     (default 64 x machines), then bisection until the bracket is within ``resolution`` of its top.
     Recall is estimated, not exact: with 20 repetitions one missed machine in 20 moves it by
-    0.05 / n_low."""
-    if not 0 < target_recall <= 1:
-        raise InputError("target_recall must be in (0, 1]")
-    if n_low < 1:
-        raise InputError("sizing needs at least one low-yield machine")
+    0.05 / n_low. Arguments out of range and a largest simulation that cannot fit in memory are
+    refused before the first simulation."""
+    owner = "batches_needed"
+    check("n_machines", n_machines, Interval(int, 2, None), owner=owner)
+    check("n_low", n_low, Interval(int, 1, n_machines), owner=owner)
+    check("low_yield", low_yield, PROBABILITY, owner=owner)
+    check("target_recall", target_recall, YIELD, owner=owner)
+    check("reps", reps, POSITIVE_INT, owner=owner)
+    check("seed", seed, SEED64, owner=owner)
+    for name, value in (("start", start), ("max_batches", max_batches)):
+        if value is not None:
+            check(name, value, POSITIVE_INT, owner=owner)
+    check("resolution", resolution, YIELD, owner=owner)
     start = start or 2 * n_machines
     max_batches = max_batches or 64 * n_machines
+    check_memory(float(max(start, max_batches)) * BYTES_PER_BATCH + n_machines * BYTES_PER_MACHINE,
+                 f"sizing up to {max(start, max_batches)} batches over {n_machines} machines", "lower max_batches")
     tried: dict[int, dict] = {}
 
     def recall_at(n: int) -> float:
