@@ -21,7 +21,7 @@ import torch
 
 from fabguard.active import data
 from fabguard.active.evaluate import split
-from fabguard.active.inspector import ActiveInspector
+from fabguard.active.estimator import ActiveInspector
 from fabguard.active.routing import batch_count, select_top
 from fabguard.outputs import atomic_path
 

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fabguard.active.data import preprocessor
+from fabguard.active.preprocessing import Preprocessor
 from fabguard.active.models import NetClassifier, make_teacher, out_of_fold
 from fabguard.active.simulate import REGIMES, simulate_inspections
 from fabguard.outputs import atomic_path
@@ -42,8 +42,8 @@ def main() -> int:
         y_noisy, y_clean = noisy["fault"].to_numpy(), clean["fault"].to_numpy()
         train, test = np.arange(int(0.8 * len(noisy))), np.arange(int(0.8 * len(noisy)), len(noisy))
         basic, full = list(roles.basic), list(roles.features)
-        xb = preprocessor(roles, basic).fit(noisy.iloc[train][basic]).transform(noisy[basic])
-        xf = preprocessor(roles, full).fit(noisy.iloc[train][full]).transform(noisy[full])
+        xb = Preprocessor(basic, roles.categorical).fit(noisy.iloc[train][basic]).transform(noisy[basic])
+        xf = Preprocessor(full, roles.categorical).fit(noisy.iloc[train][full]).transform(noisy[full])
         teacher = out_of_fold(make_teacher("mlp", seed), xf[train], y_clean[train], np.arange(len(train)), 5, seed)
         rng = np.random.default_rng(seed)
         for rate in (0.2, 1.0):

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from fabguard.active import data
 from fabguard.active.evaluate import split
 from fabguard.active.models import NetClassifier, make_teacher, out_of_fold
+from fabguard.active.preprocessing import Preprocessor
 from fabguard.active.simulate import REGIMES, simulate_inspections
 from fabguard.outputs import atomic_path
 
@@ -54,8 +55,8 @@ def sweep(frame, roles, teacher_kind: str, seeds, sample_rate: float, split_kind
             y, yt = data.labels(dev, roles), data.labels(test, roles)
             x, xt = data.features(dev, roles, roles.features), data.features(test, roles, roles.features)
             s = data.sampled(x, roles)
-            basic = data.preprocessor(roles, roles.basic).fit(x[list(roles.basic)])
-            full = data.preprocessor(roles, roles.features).fit(x[s][list(roles.features)])
+            basic = Preprocessor(roles.basic, roles.categorical).fit(x[list(roles.basic)])
+            full = Preprocessor(roles.features, roles.categorical).fit(x[s][list(roles.features)])
             xb, xbt = basic.transform(x[list(roles.basic)]), basic.transform(xt[list(roles.basic)])
             xf, xft = full.transform(x[s][list(roles.features)]), full.transform(xt[list(roles.features)])
             teacher = make_teacher(teacher_kind, seed)

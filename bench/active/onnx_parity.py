@@ -1,9 +1,8 @@
-"""ONNX Runtime vs PyTorch on a saved model and a real table: largest absolute difference of every Router
-output (per rule), identical routing decisions, and scoring time per product on this CPU.
+"""ONNX Runtime vs PyTorch / scikit-learn on a real table: a system is fitted, saved as a model folder and
+loaded again; per rule, the largest absolute difference of every Router output between the loaded folder
+and the in-memory system, whether the routing decisions are identical, and scoring time per product.
 
-    fabguard active train --dataset ai4i2020 --data ../shared/data/ai4i2020 --sample-rate 0.2 --seed 0 \
-        --out out/active/ai4i_model
-    python bench/active/onnx_parity.py out/active/ai4i_model ../shared/data/ai4i2020/ai4i2020.csv
+    python bench/active/onnx_parity.py ../shared/data/ai4i2020
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +20,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import torch
 
-from fabguard.active import data
+from fabguard.active import data, export
+from fabguard.active.estimator import ActiveInspector
 from fabguard.active.router import Router
 from fabguard.outputs import atomic_path
 
@@ -34,25 +35,24 @@ def timed(router: Router, frame, rule: str):
 
 
 def main() -> int:
-    model, table = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
-    frame = data.read_table(table)
-    onnx, native = Router.load(model, backend="onnx"), Router.load(model, backend="torch")
-    rows = {}
-    for rule in native.inspector.rules_:
-        if rule == "random":
-            continue  # random draws differ between calls by design
-        a, t_onnx = timed(onnx, frame, rule)
-        b, t_torch = timed(native, frame, rule)
-        rows[rule] = {"max_abs_diff_" + c: float(np.nanmax(np.abs(a[c] - b[c])))
-                      for c in ("fault_score", "routing_score", "final_score")}
-        rows[rule]["same_decisions"] = bool((a["decision"] == b["decision"]).all())
-        rows[rule]["onnx_us_per_product"] = 1e6 * t_onnx / len(frame)
-        rows[rule]["torch_us_per_product"] = 1e6 * t_torch / len(frame)
+    frame, roles = data.load_ai4i2020(sys.argv[1])
+    dev = data.mask_unsampled(frame, roles, 0.2, np.random.default_rng(0))
+    inspector = ActiveInspector(roles, random_state=0).fit(dev)
+    with tempfile.TemporaryDirectory() as folder:
+        manifest = export.save(inspector, Path(folder) / "model")
+        onnx, native = Router.load(Path(folder) / "model", seed=0), Router.from_inspector(inspector, seed=0)
+        rows = {}
+        for rule in native.rules:
+            a, t_onnx = timed(onnx, frame, rule)
+            b, t_torch = timed(native, frame, rule)
+            rows[rule] = {"max_abs_diff_" + c: float(np.nanmax(np.abs(a[c] - b[c])))
+                          for c in ("fault_score", "routing_score", "final_score")}
+            rows[rule]["same_decisions"] = bool((a["decision"] == b["decision"]).all())
+            rows[rule]["onnx_us_per_product"] = 1e6 * t_onnx / len(frame)
+            rows[rule]["torch_us_per_product"] = 1e6 * t_torch / len(frame)
     result = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "products": len(frame),
-              "manifest_parity": {k: v["max_abs_diff_vs_torch"]
-                                  for k, v in json.loads((Path(model) / "manifest.json").read_text())["onnx"].items()},
-              "router": rows}
+              "graphs": manifest["graphs"], "router": rows}
     with atomic_path(ROOT / "bench" / "results" / "active" / "onnx_parity.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
@@ -60,4 +60,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fabguard.active.data import mask_unsampled
-from fabguard.active.inspector import ActiveInspector
+from fabguard.active.estimator import ActiveInspector
 from fabguard.active.simulate import simulate_inspections
 
 torch.set_num_threads(1)

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from fabguard.active import data
+from fabguard.active.preprocessing import Preprocessor
 from fabguard.errors import InputError
 
 ROLES = data.Roles(label="y", basic=("a", "kind"), advanced=("b",), categorical=("kind",))
@@ -74,12 +75,25 @@ def test_sampled_and_mask_unsampled():
 def test_preprocessor_imputes_drops_constant_columns_scales_and_encodes():
     roles = data.Roles(label="y", basic=("a", "const", "kind"), advanced=("b",), categorical=("kind",))
     x = pd.DataFrame({"a": [1.0, np.nan, 3.0, 5.0], "const": 7.0, "kind": ["L", "M", "L", "L"]})
-    pipe = data.preprocessor(roles, roles.basic).fit(x)
+    pipe = Preprocessor(roles.basic, roles.categorical).fit(x)
     out = pipe.transform(x)
     assert out.shape == (4, 3)  # a (scaled), kind=L, kind=M; the constant column is gone
-    assert np.isfinite(out).all() and abs(out[:, 0].mean()) < 1e-9
+    # a = 1, 3, 3, 5 once imputed: standardised exactly -sqrt(2), 0, 0, sqrt(2); float32 rounding is at
+    # most 2^-24 relative, the float64 mean / std / division a few 2^-53 more
+    np.testing.assert_allclose(out[:, 0], [-np.sqrt(2), 0, 0, np.sqrt(2)], rtol=2.0**-24 + 2.0**-50, atol=0)
+    assert out[:, 1:].tolist() == [[1, 0], [0, 1], [1, 0], [1, 0]]
     unseen = pipe.transform(pd.DataFrame({"a": [2.0], "const": 7.0, "kind": ["H"]}))
     assert unseen[0, 1:].tolist() == [0.0, 0.0]
+    again = Preprocessor.from_data(*pipe.to_data())
+    np.testing.assert_array_equal(again.transform(x), out)
+
+
+def test_values_that_cannot_be_scored_are_named_with_column_and_row():
+    with pytest.raises(InputError, match=r"plant.csv: column 'a', data row 2: value inf is not a finite number"):
+        data.features(frame(a=[1.0, np.inf, 2.0, 3.0]), ROLES, ROLES.features)
+    pipe = Preprocessor(("a",)).fit(frame())
+    with pytest.raises(InputError, match=r"plant.csv: column 'a', data row 3: value 1e\+308 is too far outside"):
+        pipe.transform(frame(a=[1.0, 2.0, 1e308, 3.0]))
 
 
 def test_read_table_errors_and_bom(tmp_path):

@@ -21,7 +21,7 @@ def test_seeded_and_at_the_requested_fault_rate():
     b, _ = simulate_inspections(n_products=3000, fault_rate=0.07, seed=4)
     c, _ = simulate_inspections(n_products=3000, fault_rate=0.07, seed=5)
     assert a.equals(b) and not a.equals(c)
-    assert a["fault"].mean() == pytest.approx(0.07, abs=0.015)
+    assert a["fault"].mean() == pytest.approx(0.07, abs=0.015)  # statistical: sd ~0.005 at 3000 products
     assert roles.basic == tuple(f"basic_{i}" for i in range(6)) and len(roles.advanced) == 4
 
 

@@ -8,9 +8,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from fabguard.active.routing import RULES
+from fabguard import registry
+from fabguard.cli import add_seed, typed
+from fabguard.params import FRACTION_OPEN, POSITIVE_INT, Interval
 
 DATASETS = ("table", "ai4i2020", "secom", "simulate")
+FRACTION = Interval(float, 0, 1)
+RATE = Interval(float, 0, 1, "right")  # a sampling rate: some products, at most all
+COST = Interval(float, 0, None)
 
 
 def _names(text: str | None) -> tuple[str, ...]:
@@ -34,21 +39,22 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--teacher", choices=("mlp", "gbm"), default="mlp")
-    g.add_argument("--lambda", dest="distill_lambda", metavar="LAMBDA", type=float, default=0.5,
-                   help="distillation weight (0 = no distillation)")
-    g.add_argument("--temperature", type=float, default=2.0)
-    g.add_argument("--members", type=int, default=3, help="ensemble members per network")
+    g.add_argument("--lambda", dest="distill_lambda", metavar="LAMBDA", type=typed(float, FRACTION), default=0.5,
+                   help="distillation weight in [0, 1] (0 = no distillation)")
+    g.add_argument("--temperature", type=typed(float, Interval(float, 0, None, "neither")), default=2.0)
+    g.add_argument("--members", type=typed(int, POSITIVE_INT), default=3, help="ensemble members per network")
     g.add_argument("--calibration", choices=("platt", "isotonic"), default="platt")
     c = p.add_argument_group("costs (per product)")
-    c.add_argument("--cost-basic", type=float, default=1.0)
-    c.add_argument("--cost-advanced", type=float, default=10.0)
-    c.add_argument("--cost-miss", type=float, default=500.0)
-    c.add_argument("--cost-false-alarm", type=float, default=50.0)
+    c.add_argument("--cost-basic", type=typed(float, COST), default=1.0)
+    c.add_argument("--cost-advanced", type=typed(float, COST), default=10.0)
+    c.add_argument("--cost-miss", type=typed(float, COST), default=500.0)
+    c.add_argument("--cost-false-alarm", type=typed(float, COST), default=50.0)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    p.add_argument("--threads", type=int, default=1, help="PyTorch threads (small MLPs run best on 1)")
+    add_seed(p)
+    p.add_argument("--threads", type=typed(int, POSITIVE_INT), default=1,
+                   help="PyTorch / ONNX Runtime threads (small MLPs run best on 1)")
 
 
 def register(subparsers) -> None:
@@ -56,22 +62,26 @@ def register(subparsers) -> None:
     _data_args(p)
     _model_args(p)
     _common(p)
-    p.add_argument("--sample-rate", type=float, default=1.0,
+    p.add_argument("--sample-rate", type=typed(float, RATE), default=1.0,
                    help="keep advanced results for only this random share of products (1: use the table as is)")
-    p.add_argument("--rule", choices=RULES, default="value_brier", help="default routing rule of the model")
-    p.add_argument("--budget", type=float, help="default share to inspect (default: cost-minimising on validation)")
-    p.add_argument("--out", type=Path, required=True, help="model directory")
+    p.add_argument("--rule", choices=registry.available("routing_rule"), default="value_brier",
+                   help="default routing rule of the model")
+    p.add_argument("--budget", type=typed(float, FRACTION),
+                   help="default share to inspect (default: cost-minimising on validation)")
+    p.add_argument("--out", type=Path, required=True, help="model folder (replaced whole when training ends)")
     p.set_defaults(func=train)
 
     p = subparsers.add_parser("evaluate", help="metrics against the advanced-inspection ratio, over seeds and splits")
     _data_args(p)
     _model_args(p)
     _common(p)
-    p.add_argument("--sample-rate", type=float, default=0.2, help="share of development products with advanced results")
-    p.add_argument("--seeds", type=int, default=5, help="number of seeds, from --seed on")
+    p.add_argument("--sample-rate", type=typed(float, RATE), default=0.2,
+                   help="share of development products with advanced results")
+    p.add_argument("--seeds", type=typed(int, POSITIVE_INT), default=5, help="number of seeds, from --seed on")
     p.add_argument("--splits", nargs="+", choices=("stratified", "time"), default=["stratified", "time"])
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--fpr", type=float, default=0.05, help="false-alarm rate for the recall metric")
+    p.add_argument("--test-fraction", type=typed(float, FRACTION_OPEN), default=0.2)
+    p.add_argument("--fpr", type=typed(float, FRACTION_OPEN), default=0.05,
+                   help="false-alarm rate for the recall metric, in (0, 1)")
     p.add_argument("--out", type=Path, required=True, help="results directory")
     p.set_defaults(func=evaluate)
 
@@ -79,21 +89,21 @@ def register(subparsers) -> None:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="CSV / Parquet with the model's basic columns")
     p.add_argument("--out", type=Path, required=True, help="CSV: decision, fault_score, routing_score, final_score")
-    p.add_argument("--budget", type=float, help="share of products to inspect (default: the model's)")
-    p.add_argument("--money", type=float, help="money for advanced inspections (batch: in all; stream: per product)")
+    p.add_argument("--budget", type=typed(float, FRACTION), help="share of products to inspect (default: the model's)")
+    p.add_argument("--money", type=typed(float, COST),
+                   help="money for advanced inspections (batch: in all; stream: per product)")
     p.add_argument("--mode", choices=("batch", "stream"), default="batch")
-    p.add_argument("--rule", choices=RULES, help="routing rule (default: the model's)")
-    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
+    p.add_argument("--rule", choices=registry.available("routing_rule"), help="routing rule (default: the model's)")
     _common(p)
     p.set_defaults(func=route)
 
     p = subparsers.add_parser("simulate", help="write a simulated table of basic and advanced inspections")
     p.add_argument("--regime", default="reference", help="named parameter set (overridden by the options below)")
-    p.add_argument("--n-products", type=int)
-    p.add_argument("--info-gap", type=float)
-    p.add_argument("--label-noise", type=float)
-    p.add_argument("--fault-rate", type=float)
-    p.add_argument("--sample-rate", type=float, default=1.0)
+    p.add_argument("--n-products", type=typed(int, Interval(int, 20, None)))
+    p.add_argument("--info-gap", type=typed(float, FRACTION))
+    p.add_argument("--label-noise", type=typed(float, Interval(float, 0, 1, "left")))
+    p.add_argument("--fault-rate", type=typed(float, FRACTION_OPEN))
+    p.add_argument("--sample-rate", type=typed(float, RATE), default=1.0)
     p.add_argument("--out", type=Path, required=True, help="CSV file")
     _common(p)
     p.set_defaults(func=simulate)
@@ -152,12 +162,18 @@ def _params(args) -> dict:
 
 
 def train(args) -> int:
+    from fabguard.outputs import check_output
+
+    check_output(args.out, "model folder", inputs=[args.data], folder=True)
+    from fabguard.active import export
+
+    export.check_replaceable(args.out)
     _setup(args)
     import numpy as np
     from tqdm import tqdm
 
-    from fabguard.active import data, export
-    from fabguard.active.inspector import ActiveInspector
+    from fabguard.active import data
+    from fabguard.active.estimator import ActiveInspector
 
     frame, roles = _load(args)
     if args.sample_rate < 1:
@@ -169,12 +185,15 @@ def train(args) -> int:
         inspector.fit(frame, progress=lambda step: (bar.set_postfix_str(f"{step} done"), bar.update(1)))
     manifest = export.save(inspector, args.out, seed=args.seed)
     print(json.dumps({"model": str(args.out), "best_budget": manifest["best_budget"],
-                      "onnx_max_abs_diff": {k: v["max_abs_diff_vs_torch"] for k, v in manifest["onnx"].items()}},
-                     indent=1))
+                      "onnx_max_abs_diff": {k: v["max_abs_diff_vs_reference"] for k, v in manifest["graphs"].items()},
+                      "float32_bound": {k: v["float32_bound"] for k, v in manifest["graphs"].items()}}, indent=1))
     return 0
 
 
 def evaluate(args) -> int:
+    from fabguard.outputs import check_output
+
+    check_output(args.out, "results folder", inputs=[args.data], folder=True)
     _setup(args)
     from tqdm import tqdm
 
@@ -200,12 +219,12 @@ def evaluate(args) -> int:
 
 
 def route(args) -> int:
-    _setup(args)
     from fabguard.active import data
     from fabguard.active.router import Router
-    from fabguard.outputs import atomic_path
+    from fabguard.outputs import atomic_path, check_output
 
-    router = Router.load(args.model, backend=args.backend, seed=args.seed)
+    check_output(args.out, "routing output", inputs=[args.data, args.model])
+    router = Router.load(args.model, seed=args.seed, threads=args.threads)
     frame = data.read_table(args.data)
     result = router.route(frame, budget=args.budget, money=args.money, mode=args.mode, rule=args.rule)
     with atomic_path(args.out) as tmp:
@@ -217,8 +236,9 @@ def route(args) -> int:
 
 def simulate(args) -> int:
     from fabguard.active.simulate import simulate_inspections
-    from fabguard.outputs import atomic_path
+    from fabguard.outputs import atomic_path, check_output
 
+    check_output(args.out, "simulated table")
     params = _regime(args.regime)
     overrides = {"n_products": args.n_products, "info_gap": args.info_gap, "label_noise": args.label_noise,
                  "fault_rate": args.fault_rate, "sample_rate": args.sample_rate}

@@ -13,11 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.compose import ColumnTransformer
-from sklearn.feature_selection import VarianceThreshold
-from sklearn.impute import SimpleImputer
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from fabguard.errors import InputError
 
@@ -35,7 +30,14 @@ class Roles:
 
     def __post_init__(self):
         for name in ("basic", "advanced", "categorical"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+            value = getattr(self, name)
+            # one column name given as a string is one column, not its characters
+            value = (value,) if isinstance(value, str) else tuple(value)
+            object.__setattr__(self, name, value)
+        for name, value in [("label", self.label), ("time", self.time)] + [
+                (name, c) for name in ("basic", "advanced", "categorical") for c in getattr(self, name)]:
+            if not (isinstance(value, str) and value) and not (name == "time" and value is None):
+                raise InputError(f"roles: {name} column names must be non-empty strings, got {value!r}")
         if not self.basic:
             raise InputError("roles: at least one basic feature column is needed")
         if not self.advanced:
@@ -86,6 +88,11 @@ def _row(position: int) -> str:
     return f"data row {position + 1}"
 
 
+def _show(value) -> str:
+    """A cell value as the user wrote it (``inf``, ``'x1'``), not as numpy's repr (``np.float64(inf)``)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def check_columns(frame: pd.DataFrame, columns) -> None:
     """Refuse a table that lacks a column the roles name (an unknown column)."""
     missing = [c for c in columns if c not in frame.columns]
@@ -108,7 +115,7 @@ def labels(frame: pd.DataFrame, roles: Roles) -> np.ndarray:
     bad = np.flatnonzero(values.isna().to_numpy())
     if bad.size:
         raise InputError(f"{_where(frame)}: column '{roles.label}', {_row(bad[0])}: label "
-                         f"{raw.iloc[bad[0]]!r} is not 0/1, -1/1 or a boolean")
+                         f"{_show(raw.iloc[bad[0]])} is not 0/1, -1/1 or a boolean")
     kinds = set(np.unique(values))
     if kinds <= {0, 1}:
         y = values.to_numpy(dtype=int)
@@ -139,10 +146,17 @@ def features(frame: pd.DataFrame, roles: Roles, columns) -> pd.DataFrame:
         num = pd.to_numeric(col, errors="coerce")
         bad = np.flatnonzero((num.isna() & col.notna()).to_numpy())
         if bad.size:
-            raise InputError(f"{_where(frame)}: column '{c}', {_row(bad[0])}: value {col.iloc[bad[0]]!r} "
+            raise InputError(f"{_where(frame)}: column '{c}', {_row(bad[0])}: value {_show(col.iloc[bad[0]])} "
                              "is not a number (declare the column categorical if it holds categories)")
-        out[c] = num.astype(float)
-    return pd.DataFrame(out, index=frame.index)
+        num = num.astype(float)
+        infinite = np.flatnonzero(np.isinf(num.to_numpy()))
+        if infinite.size:
+            raise InputError(f"{_where(frame)}: column '{c}', {_row(infinite[0])}: value "
+                             f"{_show(col.iloc[infinite[0]])} is not a finite number")
+        out[c] = num
+    result = pd.DataFrame(out, index=frame.index)
+    result.attrs["source"] = _where(frame)
+    return result
 
 
 def check_observed(frame: pd.DataFrame, columns, what: str) -> None:
@@ -176,22 +190,6 @@ def mask_unsampled(frame: pd.DataFrame, roles: Roles, rate: float, rng: np.rando
     keep[rng.choice(len(frame), size=max(1, round(rate * len(frame))), replace=False)] = True
     out.loc[~keep, list(roles.advanced)] = np.nan
     return out
-
-
-def preprocessor(roles: Roles, columns) -> ColumnTransformer:
-    """Unfitted preprocessing for ``columns``: numeric -> median imputation, constant columns
-    dropped, standard scaling; categorical -> one-hot (unknown categories ignored). Output float32."""
-    numeric = [c for c in columns if c not in roles.categorical]
-    categorical = [c for c in columns if c in roles.categorical]
-    parts = []
-    if numeric:
-        parts.append(("num", make_pipeline(SimpleImputer(strategy="median"), VarianceThreshold(0.0),
-                                           StandardScaler()), numeric))
-    if categorical:
-        parts.append(("cat", make_pipeline(SimpleImputer(strategy="most_frequent"),
-                                           OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-                      categorical))
-    return ColumnTransformer(parts, sparse_threshold=0.0, verbose_feature_names_out=False)
 
 
 AI4I_ROLES = Roles(

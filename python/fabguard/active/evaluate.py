@@ -19,10 +19,12 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from sklearn.model_selection import train_test_split
 
 from fabguard.active import data
-from fabguard.active.inspector import RATIO_GRID, ActiveInspector, Outputs
+from fabguard.active.estimator import RATIO_GRID, ActiveInspector
 from fabguard.active.routing import CostModel, batch_count, ranks
+from fabguard.active.system import Outputs
 from fabguard.errors import InputError
 from fabguard.outputs import atomic_path
+from fabguard.params import FRACTION_OPEN, POSITIVE_INT, Instance, Interval, Options, check
 
 METRICS = ("auroc", "auprc", "recall_at_fpr", "cost")
 KEYS = ["split", "student", "rule"]
@@ -77,6 +79,16 @@ def evaluate_routing(frame: pd.DataFrame, roles: data.Roles, seeds, splits=("str
     ``students`` maps a name to ActiveInspector parameters (default: undistilled vs lambda 0.5, T 2);
     ``params`` are passed to every ActiveInspector; ``progress`` is called after each fit. Random routing
     is scored as the mean over ``random_draws`` random orders: its expected curve, not one lucky draw."""
+    owner = "evaluate_routing"
+    check("seeds", seeds, Instance((list, tuple, range)), owner=owner)
+    if len(seeds) == 0:
+        raise InputError("evaluate_routing: no seeds given (need at least one)")
+    for kind in splits:
+        check("splits", kind, Options(("stratified", "time")), owner=owner)
+    check("sample_rate", sample_rate, Interval(float, 0, 1, "right"), owner=owner)
+    check("fpr", fpr, FRACTION_OPEN, owner=owner)
+    check("test_fraction", test_fraction, FRACTION_OPEN, owner=owner)
+    check("random_draws", random_draws, POSITIVE_INT, owner=owner)
     students = students or {"undistilled": {"distill_lambda": 0.0}, "distilled": {"distill_lambda": 0.5,
                                                                                   "temperature": 2.0}}
     parts = []
@@ -90,10 +102,10 @@ def evaluate_routing(frame: pd.DataFrame, roles: data.Roles, seeds, splits=("str
                 out = inspector.outputs(test)
                 if np.isnan(out.teacher_score).any():
                     raise InputError("some test products have no advanced results; evaluation needs them all")
-                random = inspector.rules_["random"]
+                random = inspector.system_.rules["random"]
                 out.routing["random"] = np.stack([random.score(out.batch) for _ in range(random_draws)])
                 curves = ratio_curves(y, out, cost, fpr)
-                curves["val_budget"] = curves["rule"].map(inspector.best_budget_)
+                curves["val_budget"] = curves["rule"].map(inspector.system_.best_budget)
                 parts.append(curves.assign(split=kind, seed=seed, student=name))
                 if progress:
                     progress()

@@ -1,106 +1,274 @@
-"""Saving a fitted ActiveInspector: the whole system (preprocessing, calibration, thresholds, models) as a
-pickle, and the student, teacher and routing networks as ONNX graphs checked against PyTorch.
+"""An active-inspection model folder: data only, written whole, checked whole on loading.
 
-Each ONNX graph maps preprocessed float32 features ``(batch, n)`` to the ensemble members' raw outputs
-``(batch, members)`` (logits; the routing model outputs its predicted value of inspection). The
-``Router`` applies the saved preprocessing before and the calibration after, identically for both
-backends. A gradient-boosting teacher has no ONNX graph here (that would need skl2onnx).
+A folder holds ``manifest.json`` (roles, parameters, cost, rules and their parameters, best budgets,
+calibration, preprocessing columns and categories, the ONNX graphs' parity figures, and the sha256 of
+every other part), ``arrays.npz`` (preprocessing statistics, isotonic knots, validation routing scores;
+read with ``allow_pickle=False``) and three ONNX graphs (``student``, ``teacher``, ``router``: preprocessed
+float32 features ``(batch, n)`` -> the ensemble members' raw outputs ``(batch, members)``). Nothing in it is
+code: loading parses JSON, arrays and graphs, so a crafted folder can be refused but never run. A pickle
+in the folder is refused outright. The folder is written through :func:`fabguard.outputs.atomic_dir`, so
+an interrupted save leaves the earlier model whole, and loading checks every part's hash, so parts of two
+models never mix.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import pickle
+import os
+import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from fabguard.errors import InputError
-from fabguard.onnx_export import OPSET, quiet_exporter
-from fabguard.outputs import atomic_path
+from fabguard import registry
+from fabguard.active.calibration import Calibrator
+from fabguard.active.data import Roles
+from fabguard.active.preprocessing import Preprocessor
+from fabguard.active.routing import CostModel
+from fabguard.active.system import NETWORKS, System
+from fabguard.errors import InputError, ModelFileError
+from fabguard.outputs import atomic_dir, atomic_path
+from fabguard.runtime.metadata import attach
+from fabguard.runtime.parity import float32_bound, max_abs_diff
 
-FORMAT = "fabguard-active/1"
+FORMAT = "fabguard-active/2"
+ARTIFACT = "active-network"
+ARRAYS = "arrays.npz"
+MANIFEST = "manifest.json"
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".dill", ".pt", ".pth")
+PARITY_ROWS = 1000
 
 
 def networks(inspector) -> dict:
-    """The exportable networks: name -> (torch module, input width)."""
-    from fabguard.active.models import NetClassifier
-
-    nets = {"student": (inspector.student_.net_, inspector.student_.n_features_in_),
-            "router": (inspector.value_model_.net_, inspector.value_model_.n_features_in_)}
-    if isinstance(inspector.teacher_, NetClassifier):
-        nets["teacher"] = (inspector.teacher_.net_, inspector.teacher_.n_features_in_)
-    return nets
+    """name -> (fitted model, input width, reference function float32 matrix -> member outputs)."""
+    return {"student": (inspector.student_, inspector.system_.basic.n_outputs, inspector.student_.member_outputs),
+            "teacher": (inspector.teacher_, inspector.system_.full.n_outputs, inspector._teacher_members),
+            "router": (inspector.value_model_, inspector.system_.basic.n_outputs,
+                       inspector.value_model_.member_outputs)}
 
 
-def export_network(module, n_features: int, path: Path) -> None:
-    """ONNX graph of ``module`` with a dynamic batch dimension (opset 18, weights inside the file)."""
-    import torch
+def mlp_bound(ensemble, x: np.ndarray) -> float:
+    """Largest difference float32 arithmetic in two summation orders (PyTorch vs ONNX Runtime) can make
+    in the outputs of the MLP ``ensemble`` on rows ``x``. Per linear layer, each output is a sum of
+    fan-in + 1 terms (products and the bias) whose absolute sum is at most ``scale = max sum|w||a| + |b|``
+    over the rows, computed from the actual weights and activations: :func:`float32_bound(scale, fan-in + 1)`.
+    An error ``e`` already in a layer's input grows to at most ``max_j sum_i |w_ji| * e`` (ReLU is
+    1-Lipschitz, dropout the identity at inference); the output scaling adds its own rounding."""
+    worst = 0.0
+    out_scale = np.asarray(ensemble.scale.detach().cpu().numpy(), np.float64) * np.ones(len(ensemble.members))
+    shift = np.asarray(ensemble.shift.detach().cpu().numpy(), np.float64) * np.ones(len(ensemble.members))
+    for k, member in enumerate(ensemble.members):
+        a, err = np.asarray(x, np.float64), 0.0
+        for layer in member:
+            if hasattr(layer, "weight"):
+                w = layer.weight.detach().cpu().numpy().astype(np.float64)
+                b = layer.bias.detach().cpu().numpy().astype(np.float64)
+                scale = float((np.abs(a) @ np.abs(w).T + np.abs(b)).max())
+                err = float(np.abs(w).sum(axis=1).max()) * err + float32_bound(scale, w.shape[1] + 1)
+                a = a @ w.T + b
+            elif type(layer).__name__ == "ReLU":
+                a = np.maximum(a, 0)
+        out = np.abs(a[:, 0] * out_scale[k]).max() + abs(shift[k])
+        worst = max(worst, abs(out_scale[k]) * err + float32_bound(out, 2))  # multiply, then add the shift
+    return worst
 
-    batch = torch.export.Dim("batch")
-    with quiet_exporter(), atomic_path(path) as tmp:
-        torch.onnx.export(module.eval(), (torch.zeros(4, n_features),), str(tmp), input_names=["features"],
-                          output_names=["members"], dynamic_shapes=({0: batch},), opset_version=OPSET,
-                          external_data=False, dynamo=True, verbose=False)
+
+def tree_bound(model) -> float:
+    """The same for a gradient-boosting teacher: both sides reach the same leaves (see
+    :mod:`fabguard.active.trees`); the sum of one leaf per tree plus the baseline has trees + 1 terms, at
+    most the largest leaf of each tree in size."""
+    scale = abs(float(np.ravel(model._baseline_prediction)[0]))
+    scale += sum(float(np.abs(p.nodes["value"][p.nodes["is_leaf"] == 1]).max()) for (p,) in model._predictors)
+    return float32_bound(scale, len(model._predictors) + 1)
 
 
-def onnx_session(path: Path):
-    import onnxruntime as ort
+def _write_graph(model, width: int, path: Path, metadata: dict) -> None:
+    from fabguard.active.models import NetClassifier, NetRegressor
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if isinstance(model, (NetClassifier, NetRegressor)):
+        import torch
+
+        from fabguard.runtime.export import export_module
+
+        export_module(model.net_, torch.zeros(4, width), path, "features", ["members"], metadata)
+        return
+    import onnx
+
+    from fabguard.active.trees import tree_graph
+
+    proto = tree_graph(model, width)
+    attach(proto, metadata)
+    onnx.checker.check_model(proto)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, os.fspath(tmp))
 
 
-def onnx_runner(path: Path):
-    """A function ``float32 matrix -> float64 member outputs`` backed by ONNX Runtime."""
-    session = onnx_session(path)
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0].astype(np.float64)
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def parity(module, path: Path, x: np.ndarray) -> float:
-    """Largest absolute difference between ONNX Runtime and PyTorch outputs on ``x``."""
-    import torch
-
-    with torch.no_grad():
-        expected = module.eval()(torch.from_numpy(x)).numpy()
-    return float(np.max(np.abs(onnx_runner(path)(x) - expected)))
+def check_replaceable(directory) -> None:
+    """Refuse, before training, an output folder that holds anything but the parts of a model (of this
+    format or the earlier pickle one): saving replaces the folder whole, which must never delete a user's
+    other files (``--out .``)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    parts = {MANIFEST, ARRAYS, "inspector.pkl", *(f"{name}.onnx" for name in NETWORKS)}
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in parts and not p.name.endswith(".trt_cache"))
+    if foreign:
+        raise InputError(f"model folder {directory}: holds {foreign[0]!r}, which is not part of an active-inspection "
+                         "model; a model folder is replaced whole, so give a new or empty folder")
 
 
 def save(inspector, directory, seed: int = 0) -> dict:
-    """Write ``inspector.pkl``, ``<network>.onnx`` and ``manifest.json`` (last: its presence marks a
-    complete model) into ``directory``; return the manifest. Parity with PyTorch is measured on 1000
-    seeded standard-normal rows (the scale of the standardised features) and recorded."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / "inspector.pkl") as tmp:
-        tmp.write_bytes(pickle.dumps(inspector))
+    """Write the fitted ``inspector`` as a model folder ``directory`` (replacing an earlier one whole, or
+    leaving it untouched on any error or Ctrl-C); return the manifest. ONNX Runtime is checked against
+    PyTorch / scikit-learn on ``PARITY_ROWS`` seeded standard-normal rows (the scale of standardised
+    features); the largest difference and its float32 bound are recorded."""
+    from fabguard.runtime.session import create_session
+
+    check_replaceable(directory)
+    system, model_id = inspector.system_, uuid.uuid4().hex
     rng = np.random.default_rng(seed)
-    exported = {}
-    for name, (module, width) in networks(inspector).items():
-        path = directory / f"{name}.onnx"
-        export_network(module, width, path)
-        x = rng.normal(size=(1000, width)).astype(np.float32)
-        exported[name] = {"file": path.name, "inputs": int(width), "max_abs_diff_vs_torch": parity(module, path, x)}
-    manifest = {"format": FORMAT, "opset": OPSET, "roles": inspector.roles.to_dict(), "rule": inspector.rule,
-                "teacher": inspector.teacher, "distill_lambda": inspector.distill_lambda,
-                "temperature": inspector.temperature, "calibration": inspector.calibration,
-                "cost": vars(inspector.cost), "best_budget": inspector.best_budget_, "onnx": exported}
-    with atomic_path(directory / "manifest.json") as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1))
+    with atomic_dir(directory) as tmp:
+        graphs = {}
+        for name, (model, width, reference) in networks(inspector).items():
+            path = tmp / f"{name}.onnx"
+            _write_graph(model, width, path, {"artifact": ARTIFACT, "network": name, "model": model_id,
+                                              "inputs": int(width)})
+            x = rng.normal(size=(PARITY_ROWS, width)).astype(np.float32)
+            session = create_session(path, ["CPUExecutionProvider"], threads=1)
+            got = session.run(None, {"features": x})[0]
+            bound = mlp_bound(model.net_, x) if hasattr(model, "net_") else tree_bound(model)
+            graphs[name] = {"file": path.name, "inputs": int(width), "outputs": int(got.shape[1]),
+                            "max_abs_diff_vs_reference": max_abs_diff(got, reference(x)), "float32_bound": bound}
+        arrays, preprocessing, calibration = {}, {}, {}
+        for part, pre in (("basic", system.basic), ("full", system.full)):
+            preprocessing[part], values = pre.to_data()
+            arrays.update({f"{part}.{k}": v for k, v in values.items()})
+        for part, cal in (("student", system.student_cal), ("teacher", system.teacher_cal)):
+            calibration[part], values = cal.to_data()
+            arrays.update({f"{part}_cal.{k}": v for k, v in values.items()})
+        arrays.update({f"validation_scores.{k}": v for k, v in system.validation_scores.items()})
+        with open(tmp / ARRAYS, "wb") as handle:
+            np.savez(handle, **arrays)
+        manifest = {
+            "format": FORMAT, "model": model_id, "roles": system.roles.to_dict(),
+            "params": {k: v for k, v in inspector.get_params(deep=False).items() if k not in ("roles", "cost")},
+            "cost": vars(system.cost), "rule": system.rule, "budget": system.budget,
+            "rules": {name: rule.get_params(deep=False) for name, rule in system.rules.items()},
+            "best_budget": system.best_budget, "value_members": system.value_members,
+            "preprocessing": preprocessing, "calibration": calibration, "graphs": graphs,
+            "sha256": {p.name: _sha256(p) for p in sorted(tmp.iterdir())},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default))
     return manifest
 
 
-def load(directory):
-    """(inspector, manifest) from a directory written by ``save``. Unpickling runs code from the file:
-    load only models you trust."""
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def read_manifest(directory) -> tuple[Path, dict]:
+    """(folder, manifest) of a model folder whose parts are all present and unchanged since saving."""
     directory = Path(directory)
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file():
-        raise InputError(f"{directory}: not a saved active-inspection model (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise InputError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    inspector = pickle.loads((directory / "inspector.pkl").read_bytes())
-    return inspector, manifest
+    if not directory.exists():
+        raise ModelFileError(f"{directory}: no such model folder")
+    if not directory.is_dir():
+        raise ModelFileError(f"{directory}: not a folder; an active-inspection model is a folder")
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelFileError(f"{directory / pickles[0]}: a pickle in the model folder; fabguard never loads "
+                             "pickles (unpickling can run any code). Models are JSON, .npz arrays and ONNX graphs: "
+                             "retrain the model with this version of fabguard")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ModelFileError(f"{directory}: not a saved active-inspection model (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path}: not valid JSON ({exc}); the file is damaged") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ModelFileError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    hashes = manifest.get("sha256")
+    graphs = manifest.get("graphs")
+    if not isinstance(hashes, dict) or not isinstance(graphs, dict) or set(graphs) != set(NETWORKS):
+        raise ModelFileError(f"{path}: the part list (sha256, graphs) is missing or incomplete")
+    needed = {ARRAYS, *(f"{name}.onnx" for name in NETWORKS)}
+    for name in sorted(needed | set(hashes)):
+        part = directory / str(name)
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ModelFileError(f"{path}: part name {name!r} is not a file name in the folder")
+        if name not in hashes:
+            raise ModelFileError(f"{path}: no sha256 for the part {name}")
+        if not part.is_file():
+            raise ModelFileError(f"{part}: part missing from the model folder")
+        if _sha256(part) != hashes[name]:
+            raise ModelFileError(f"{part}: content differs from the manifest's sha256: the file is damaged, "
+                                 "truncated or from another model")
+    return directory, manifest
+
+
+def load(directory) -> tuple[System, dict]:
+    """(system, manifest) from a model folder written by :func:`save`; the graphs are opened by the
+    :class:`~fabguard.active.router.Router`. Any inconsistency raises :class:`ModelFileError`."""
+    directory, manifest = read_manifest(directory)
+    try:
+        with np.load(directory / ARRAYS, allow_pickle=False) as stored:
+            arrays = {k: stored[k] for k in stored.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ModelFileError(f"{directory / ARRAYS}: not readable as plain arrays ({exc})") from None
+    try:
+        return _system(manifest, arrays), manifest
+    except ModelFileError as exc:
+        raise ModelFileError(f"{directory / MANIFEST}: {exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise ModelFileError(f"{directory / MANIFEST}: invalid model description ({type(exc).__name__}: "
+                             f"{exc})") from None
+
+
+def _part(arrays: dict, prefix: str) -> dict:
+    return {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
+
+
+def _system(manifest: dict, arrays: dict) -> System:
+    roles = Roles.from_dict(manifest["roles"])
+    rules = {}
+    for name, params in manifest["rules"].items():
+        try:
+            rules[name] = registry.get("routing_rule", name)(**params)
+        except InputError as exc:
+            raise ModelFileError(str(exc)) from None
+        rules[name]._validate_params()
+    scores = _part(arrays, "validation_scores")
+    best = {k: float(v) for k, v in manifest["best_budget"].items()}
+    if set(scores) != set(rules) or set(best) != set(rules) or manifest["rule"] not in rules:
+        raise ModelFileError("rules, validation scores and best budgets do not name the same rules")
+    for name, values in scores.items():
+        if values.ndim != 1 or len(values) == 0 or values.dtype.kind != "f":
+            raise ModelFileError(f"validation scores of rule {name!r} are not a non-empty float vector")
+        if not 0 <= best[name] <= 1:
+            raise ModelFileError(f"best budget of rule {name!r} is {best[name]}, not in [0, 1]")
+    budget = manifest["budget"]
+    if budget is not None and not (isinstance(budget, (int, float)) and 0 <= budget <= 1):
+        raise ModelFileError(f"budget {budget!r} is not a fraction in [0, 1]")
+    value_members = manifest["value_members"]
+    if not isinstance(value_members, int) or value_members < 1:
+        raise ModelFileError(f"value_members {value_members!r} is not a positive integer")
+    return System(roles=roles,
+                  basic=Preprocessor.from_data(manifest["preprocessing"]["basic"], _part(arrays, "basic")),
+                  full=Preprocessor.from_data(manifest["preprocessing"]["full"], _part(arrays, "full")),
+                  student_cal=Calibrator.from_data(manifest["calibration"]["student"], _part(arrays, "student_cal")),
+                  teacher_cal=Calibrator.from_data(manifest["calibration"]["teacher"], _part(arrays, "teacher_cal")),
+                  value_members=value_members, cost=CostModel(**manifest["cost"]), rule=manifest["rule"],
+                  budget=budget, rules=rules, validation_scores=scores, best_budget=best)

@@ -1,4 +1,4 @@
-"""Teacher, student and value models, the distillation loss, out-of-fold predictions, calibration.
+"""Teacher, student and value models, the distillation loss and out-of-fold predictions.
 
 Networks are small PyTorch MLP ensembles (every member exportable to ONNX as one graph); the
 gradient-boosting teacher is scikit-learn's HistGradientBoostingClassifier. Every classifier exposes
@@ -15,12 +15,14 @@ import torch.nn.functional as F
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from fabguard.active.system import logit_of
 from fabguard.errors import InputError
+from fabguard.params import FRACTION_OPEN, POSITIVE_INT, SEED, Instance, Interval, ValidatedParams, check
 
 
 def distillation_loss(student_logit: torch.Tensor, y: torch.Tensor, teacher_logit: torch.Tensor,
@@ -66,25 +68,42 @@ def as_float32(x) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
 
 
-class _NetEnsemble(BaseEstimator):
+_NET_CONSTRAINTS = {
+    "hidden": [Instance((tuple, list))], "dropout": [Interval(float, 0, 1, "left")], "n_members": [POSITIVE_INT],
+    "lr": [Interval(float, 0, None, "neither")], "weight_decay": [Interval(float, 0, None)],
+    "batch_size": [POSITIVE_INT], "max_epochs": [POSITIVE_INT], "patience": [POSITIVE_INT],
+    "holdout": [FRACTION_OPEN], "random_state": [SEED],
+}
+
+
+class _NetEnsemble(ValidatedParams, BaseEstimator):
     """Shared training: each member gets its own seed and early-stopping holdout (the same loss on the
     holdout decides the epoch); the best epoch's weights are kept."""
+
+    def _check_hidden(self) -> None:
+        for width in self.hidden:
+            check("hidden", width, POSITIVE_INT, owner=type(self).__name__)
 
     def _fit_members(self, x: np.ndarray, loss, stratify: np.ndarray | None) -> tuple[list[nn.Module], list[int]]:
         """``n_members`` networks minimising ``loss(output, row_indices)``, and their best epochs."""
         x = torch.from_numpy(as_float32(x))
         n = len(x)
+        if stratify is not None and np.bincount(stratify).min() < 2:
+            stratify = None  # too few of a class to split it
         members, epochs = [], []
         for m in range(self.n_members):
             seed = int(self.random_state) * 1009 + m
             torch.manual_seed(seed)
             net = _mlp(x.shape[1], tuple(self.hidden), self.dropout)
-            fit_idx, hold_idx = train_test_split(np.arange(n), test_size=self.holdout, random_state=seed,
-                                                 stratify=stratify)
+            if n < 4:  # too few rows to hold any out: the training rows decide the epoch
+                fit_idx = hold_idx = np.arange(n)
+            else:
+                fit_idx, hold_idx = train_test_split(np.arange(n), test_size=self.holdout, random_state=seed,
+                                                     stratify=stratify)
             fit_idx, hold_idx = torch.from_numpy(fit_idx), torch.from_numpy(hold_idx)
             opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             gen = torch.Generator().manual_seed(seed)
-            best, best_state, best_epoch = np.inf, None, 0
+            best, best_state, best_epoch = np.inf, copy.deepcopy(net.state_dict()), 0
             for epoch in range(self.max_epochs):
                 net.train()
                 for batch in fit_idx[torch.randperm(len(fit_idx), generator=gen)].split(self.batch_size):
@@ -105,6 +124,8 @@ class _NetEnsemble(BaseEstimator):
 
     def member_outputs(self, x) -> np.ndarray:
         """``(n, members)`` raw member outputs (logits for a classifier)."""
+        check_is_fitted(self)
+        x = validate_data(self, x, reset=False, dtype=np.float32)
         with torch.no_grad():
             return self.net_(torch.from_numpy(as_float32(x))).numpy().astype(np.float64)
 
@@ -114,8 +135,12 @@ class NetClassifier(ClassifierMixin, _NetEnsemble):
 
     With ``distill_lambda = 0`` it is the plain (undistilled) model: the teacher MLP and the baseline
     student. ``fit(x, y, teacher_logit=...)`` takes the teacher's logits (NaN where the product has
-    none) for the distillation term. The score is the mean of the members' probabilities.
+    none) for the distillation term. The score is the mean of the members' probabilities; any two
+    labels are accepted (``classes_``, the second is the positive one).
     """
+
+    _parameter_constraints = {**_NET_CONSTRAINTS, "distill_lambda": [Interval(float, 0, 1)],
+                              "temperature": [Interval(float, 0, None, "neither")]}
 
     def __init__(self, hidden=(64, 32), dropout=0.1, n_members=3, distill_lambda=0.0, temperature=1.0,
                  lr=3e-3, weight_decay=1e-4, batch_size=256, max_epochs=200, patience=10, holdout=0.15,
@@ -126,11 +151,15 @@ class NetClassifier(ClassifierMixin, _NetEnsemble):
         self.max_epochs, self.patience, self.holdout, self.random_state = max_epochs, patience, holdout, random_state
 
     def fit(self, x, y, teacher_logit=None):
-        if not 0 <= self.distill_lambda <= 1 or self.temperature <= 0:
-            raise InputError(f"distill_lambda {self.distill_lambda} must be in [0, 1] and temperature "
-                             f"{self.temperature} > 0")
-        y = np.asarray(y)
-        self.classes_ = np.array([0, 1])
+        self._validate_params()
+        self._check_hidden()
+        x, y = validate_data(self, x, y, dtype=np.float32)
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) != 2:
+            raise InputError(f"Only binary classification is supported: NetClassifier needs two classes in y, "
+                             f"got {len(self.classes_)} class(es): {self.classes_[:5].tolist()}")
+        y = (y == self.classes_[1]).astype(np.int64)
         yt = torch.from_numpy(y.astype(np.float32))
         tt = torch.full_like(yt, float("nan")) if teacher_logit is None else \
             torch.from_numpy(np.asarray(teacher_logit, dtype=np.float32))
@@ -138,7 +167,6 @@ class NetClassifier(ClassifierMixin, _NetEnsemble):
         members, self.epochs_ = self._fit_members(
             x, lambda out, idx: distillation_loss(out, yt[idx], tt[idx], lam, temp), y)
         self.net_ = Ensemble(members).eval()
-        self.n_features_in_ = np.asarray(x).shape[1]
         return self
 
     def member_proba(self, x) -> np.ndarray:
@@ -151,6 +179,16 @@ class NetClassifier(ClassifierMixin, _NetEnsemble):
         p = self.member_proba(x).mean(axis=1)
         return np.column_stack([1 - p, p])
 
+    def predict(self, x) -> np.ndarray:
+        """The more probable class (the positive one from probability 0.5 on)."""
+        check_is_fitted(self)
+        return self.classes_[(self.predict_proba(x)[:, 1] >= 0.5).astype(int)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
 
 class NetRegressor(RegressorMixin, _NetEnsemble):
     """MLP ensemble for one or more real targets (the values of inspection), one network per target
@@ -158,14 +196,21 @@ class NetRegressor(RegressorMixin, _NetEnsemble):
     network, so its ONNX graph predicts in target units: output columns are target-major
     ``(target 0 members..., target 1 members...)``."""
 
+    _parameter_constraints = dict(_NET_CONSTRAINTS)
+
     def __init__(self, hidden=(32,), dropout=0.1, n_members=1, lr=3e-3, weight_decay=1e-3, batch_size=256,
                  max_epochs=200, patience=10, holdout=0.2, random_state=0):
         self.hidden, self.dropout, self.n_members = hidden, dropout, n_members
         self.lr, self.weight_decay, self.batch_size = lr, weight_decay, batch_size
         self.max_epochs, self.patience, self.holdout, self.random_state = max_epochs, patience, holdout, random_state
 
-    def fit(self, x, target):
-        target = np.asarray(target, dtype=np.float64)
+    def fit(self, x, y):
+        """``y``: ``(n,)`` or ``(n, targets)`` real targets."""
+        self._validate_params()
+        self._check_hidden()
+        x, y = validate_data(self, x, y, dtype=np.float32, multi_output=True, y_numeric=True)
+        target = np.asarray(y, dtype=np.float64)
+        self.n_targets_ = 1 if target.ndim == 1 else target.shape[1]
         target = target[:, None] if target.ndim == 1 else target
         shift, scale = target.mean(axis=0), np.where(target.std(axis=0) > 0, target.std(axis=0), 1.0)
         members, self.epochs_ = [], []
@@ -174,30 +219,28 @@ class NetRegressor(RegressorMixin, _NetEnsemble):
             nets, epochs = self._fit_members(x, lambda out, idx, tt=tt: F.mse_loss(out, tt[idx]), None)
             members += nets
             self.epochs_ += epochs
-        self.n_targets_ = target.shape[1]
         self.net_ = Ensemble(members, scale=np.repeat(scale, self.n_members),
                              shift=np.repeat(shift, self.n_members)).eval()
-        self.n_features_in_ = np.asarray(x).shape[1]
         return self
 
     def combine(self, member_outputs: np.ndarray) -> np.ndarray:
         """``(n, targets)`` means over members from the network's raw ``(n, targets * members)`` output."""
-        return member_outputs.reshape(len(member_outputs), self.n_targets_, self.n_members).mean(axis=2)
+        return member_outputs.reshape(len(member_outputs), -1, self.n_members).mean(axis=2)
 
     def predict(self, x) -> np.ndarray:
         """``(n,)`` for one target, ``(n, targets)`` for several."""
         out = self.combine(self.member_outputs(x))
-        return out[:, 0] if self.n_targets_ == 1 else out
+        return out[:, 0] if out.shape[1] == 1 else out
 
-
-def logit_of(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
 
 
 def make_teacher(kind: str, random_state: int = 0, **net_params):
-    """The advanced model: ``mlp`` (NetClassifier, exportable to ONNX) or ``gbm``
-    (HistGradientBoostingClassifier, not exportable without skl2onnx)."""
+    """The advanced model: ``mlp`` (NetClassifier) or ``gbm`` (HistGradientBoostingClassifier); both are
+    saved as ONNX graphs (:mod:`fabguard.active.trees` writes the trees)."""
     if kind == "mlp":
         return NetClassifier(random_state=random_state, **net_params)
     if kind == "gbm":
@@ -224,30 +267,3 @@ def out_of_fold(estimator, x, y, rows: np.ndarray, n_folds: int, random_state: i
         model = clone(estimator).fit(x[keep], y[keep], **{k: np.asarray(v)[keep] for k, v in fit_arrays.items()})
         out[held] = model.decision_function(x[rows[held]])
     return out
-
-
-class Calibrator(BaseEstimator):
-    """Logit -> calibrated probability, fitted on validation data: ``platt`` (logistic regression on the
-    logit) or ``isotonic``. Calibration makes teacher and student probabilities comparable, so a
-    prediction that mixes them (routed products take the teacher's) ranks products consistently."""
-
-    def __init__(self, method: str = "platt"):
-        self.method = method
-
-    def fit(self, logit, y):
-        logit, y = np.asarray(logit, dtype=np.float64), np.asarray(y)
-        if len(np.unique(y)) < 2:
-            raise InputError(f"calibration data ({len(y)} products) hold a single class; need faulty and good")
-        if self.method == "platt":
-            self.model_ = LogisticRegression(C=1e4).fit(logit[:, None], y)
-        elif self.method == "isotonic":
-            self.model_ = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(logit, y)
-        else:
-            raise InputError(f"calibration method {self.method!r} is not 'platt' or 'isotonic'")
-        return self
-
-    def transform(self, logit) -> np.ndarray:
-        logit = np.asarray(logit, dtype=np.float64)
-        if self.method == "platt":
-            return self.model_.predict_proba(logit[:, None])[:, 1]
-        return self.model_.predict(logit)

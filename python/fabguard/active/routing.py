@@ -11,7 +11,9 @@ import dataclasses
 
 import numpy as np
 
+from fabguard import registry
 from fabguard.errors import InputError
+from fabguard.params import NONE, SEED, Estimator, Interval, check
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +28,9 @@ class CostModel:
     false_alarm: float = 50.0
 
     def __post_init__(self):
-        if min(self.basic, self.advanced, self.miss, self.false_alarm) < 0 or self.miss + self.false_alarm == 0:
+        for name in ("basic", "advanced", "miss", "false_alarm"):
+            check(name, getattr(self, name), Interval(float, 0, None), owner="CostModel")
+        if self.miss + self.false_alarm == 0:
             raise InputError(f"cost model {self}: costs must be >= 0 and miss + false_alarm > 0")
 
     @property
@@ -42,7 +46,6 @@ class CostModel:
 
 
 VALUE_TARGETS = ("change", "brier", "cost")
-RULES = ("random", "margin", "spread") + tuple(f"value_{t}" for t in VALUE_TARGETS)
 
 
 def inspection_value(p_student: np.ndarray, p_teacher: np.ndarray, y: np.ndarray, cost: CostModel) -> np.ndarray:
@@ -79,64 +82,105 @@ class Batch:
         return len(self.fault_score)
 
 
-class RandomRule:
-    """Random sampling, the baseline every fab uses. Seeded; successive calls draw fresh numbers, so
-    a stream of single products is sampled at the budgeted rate."""
+class Rule(Estimator):
+    """A routing rule: ``score(batch)`` maps student outputs to routing scores (higher = inspect first).
+    Rules are found by name in :mod:`fabguard.registry` (kind ``routing_rule``); :meth:`for_model` builds
+    one from what every fitted model knows (its decision threshold and seed), so a new rule is one class
+    plus its registration."""
 
-    name = "random"
+    @classmethod
+    def for_model(cls, threshold: float, seed: int) -> "Rule":
+        return cls()
+
+    def score(self, batch: Batch) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RandomRule(Rule):
+    """Random sampling, the baseline every fab uses. Seeded; successive calls draw fresh numbers, so
+    a stream of single products is sampled at the budgeted rate (the generator is made at first use)."""
+
+    _parameter_constraints = {"seed": [SEED]}
 
     def __init__(self, seed: int = 0):
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+
+    @classmethod
+    def for_model(cls, threshold: float, seed: int) -> "RandomRule":
+        return cls(seed)
 
     def score(self, batch: Batch) -> np.ndarray:
-        return self.rng.random(len(batch))
+        if getattr(self, "rng_", None) is None:
+            self._validate_params()
+            self.rng_ = np.random.default_rng(self.seed)
+        return self.rng_.random(len(batch))
 
 
-class MarginRule:
+class MarginRule(Rule):
     """Student uncertainty as closeness of its calibrated score to the decision threshold."""
 
-    name = "margin"
+    _parameter_constraints = {"threshold": [Interval(float, 0, 1)]}
 
-    def __init__(self, threshold: float):
+    def __init__(self, threshold: float = 0.5):
         self.threshold = threshold
 
+    @classmethod
+    def for_model(cls, threshold: float, seed: int) -> "MarginRule":
+        return cls(threshold)
+
     def score(self, batch: Batch) -> np.ndarray:
+        self._validate_params()
         return -np.abs(batch.fault_score - self.threshold)
 
 
-class SpreadRule:
+class SpreadRule(Rule):
     """Student uncertainty as the spread (standard deviation) of its ensemble members' probabilities."""
-
-    name = "spread"
 
     def score(self, batch: Batch) -> np.ndarray:
         return batch.member_proba.std(axis=1)
 
 
-class ValueRule:
+class ValueRule(Rule):
     """Learned value of inspection: the routing model's prediction, from basic features, of what the
-    advanced inspection would be worth for this product (one rule per target of ``inspection_value``)."""
+    advanced inspection would be worth for this product (``target``: one column of ``inspection_value``)."""
 
-    def __init__(self, target: str):
-        self.target = target
-        self.name = f"value_{target}"
+    target = ""
 
     def score(self, batch: Batch) -> np.ndarray:
         return batch.value[:, VALUE_TARGETS.index(self.target)]
 
 
-def make_rules(threshold: float, seed: int) -> dict:
-    rules = [RandomRule(seed), MarginRule(threshold), SpreadRule()] + [ValueRule(t) for t in VALUE_TARGETS]
-    return {r.name: r for r in rules}
+class ValueChangeRule(ValueRule):
+    """Expected prediction change (label-free)."""
+
+    target = "change"
+
+
+class ValueBrierRule(ValueRule):
+    """Expected Brier-score gain."""
+
+    target = "brier"
+
+
+class ValueCostRule(ValueRule):
+    """Expected decision cost saved."""
+
+    target = "cost"
+
+
+def make_rules(threshold: float, seed: int, names=None) -> dict[str, Rule]:
+    """The registered rules (or those ``names``), built for a model with this threshold and seed."""
+    names = registry.available("routing_rule") if names is None else names
+    return {name: registry.get("routing_rule", name).for_model(threshold, seed) for name in names}
 
 
 def _check_budget(fraction: float | None, money: float | None, cost: CostModel | None) -> None:
+    check("budget", fraction, Interval(float, 0, 1), NONE)
+    check("money", money, Interval(float, 0, None), NONE)
     if (fraction is None) == (money is None):
         raise InputError("give exactly one budget: a fraction of products or an amount of money")
-    if money is not None and (money < 0 or cost is None or cost.advanced <= 0):
+    if money is not None and (cost is None or cost.advanced <= 0):
         raise InputError(f"money budget {money}: needs money >= 0 and an advanced inspection cost > 0")
-    if fraction is not None and not 0 <= fraction <= 1:
-        raise InputError(f"budget fraction {fraction} is not in [0, 1]")
 
 
 def batch_count(n: int, fraction: float | None = None, money: float | None = None,

@@ -20,6 +20,7 @@ from scipy.special import expit
 
 from fabguard.active.data import Roles, mask_unsampled
 from fabguard.errors import InputError
+from fabguard.params import check_memory
 
 # Named regimes for benchmarks: where distillation should help (noisy or scarce labels) and where it
 # cannot (no information gap: the teacher knows nothing the student could not learn itself).
@@ -46,6 +47,9 @@ def simulate_inspections(n_products: int = 5000, n_basic: int = 6, n_advanced: i
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise InputError(f"simulate: parameter(s) out of range: {bad}")
+    # a few float64 copies of the table (draws, frame, masking) are alive at once
+    check_memory(6 * 8 * n_products * (n_basic + n_advanced + 4), f"simulating {n_products} products",
+                 "use fewer products")
     rng = np.random.default_rng(seed)
     xb = rng.normal(size=(n_products, n_basic))
     xa = rng.normal(size=(n_products, n_advanced))

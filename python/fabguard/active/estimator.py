@@ -1,6 +1,6 @@
-"""The fitted active-inspection system: preprocessing, teacher, (distilled) student, calibration,
-routing model and streaming thresholds, trained from one table where only sampled products have
-advanced results.
+"""The trainable side of active inspection (PyTorch, scikit-learn): ``ActiveInspector`` fits
+preprocessing, teacher, (distilled) student, calibration, routing model and streaming thresholds from one
+table where only sampled products have advanced results. Serving a saved model is ``router.Router``.
 
 Training, in order (``fit``):
 1. split the table into training and validation products (stratified by label and sampled-ness);
@@ -17,43 +17,43 @@ Training, in order (``fit``):
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
-from scipy.special import expit
 from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import train_test_split
+from sklearn.utils.validation import check_is_fitted
 
+from fabguard import registry
 from fabguard.active import data
-from fabguard.active.models import Calibrator, NetClassifier, NetRegressor, logit_of, make_teacher, out_of_fold
-from fabguard.active.routing import RULES, Batch, CostModel, batch_count, inspection_value, make_rules, ranks
+from fabguard.active.calibration import Calibrator
+from fabguard.active.models import NetClassifier, NetRegressor, make_teacher, out_of_fold
+from fabguard.active.preprocessing import Preprocessor
+from fabguard.active.routing import CostModel, batch_count, inspection_value, make_rules, ranks
+from fabguard.active.system import Outputs, System, teacher_logit
 from fabguard.errors import InputError
+from fabguard.params import (FRACTION_OPEN, NONE, POSITIVE_INT, SEED, Instance, Interval, Options, ValidatedParams,
+                             check)
 
 RATIO_GRID = np.round(np.linspace(0, 1, 51), 4)
 
 
-@dataclasses.dataclass
-class Outputs:
-    """Per product: calibrated student and teacher fault scores (teacher NaN where the product has no
-    advanced results), the rules' inputs and every rule's routing score."""
-
-    batch: Batch
-    routing: dict[str, np.ndarray]
-    teacher_score: np.ndarray
-
-    @property
-    def fault_score(self) -> np.ndarray:
-        return self.batch.fault_score
-
-
-class ActiveInspector(BaseEstimator):
+class ActiveInspector(ValidatedParams, BaseEstimator):
     """Teacher, student and routing for active inspection; see the module docstring for the steps.
 
     ``rule`` is the routing rule used by default (all rules are fitted, so they can be compared);
     ``budget`` the default share of products to inspect, None = the cost-minimising share found on
-    validation data.
+    validation data. The fitted state a router needs (preprocessing, calibration, rules, validation
+    scores, budgets) is ``system_``; the networks are ``student_``, ``teacher_`` and ``value_model_``.
     """
+
+    _parameter_constraints = {
+        "roles": [Instance(data.Roles)], "teacher": [Options(("mlp", "gbm"))],
+        "distill_lambda": [Interval(float, 0, 1)], "temperature": [Interval(float, 0, None, "neither")],
+        "n_members": [POSITIVE_INT], "hidden": [Instance((tuple, list))],
+        "calibration": [Options(("platt", "isotonic"))], "rule": [Instance(str)],
+        "budget": [Interval(float, 0, 1), NONE], "cost": [Instance(CostModel)],
+        "validation_fraction": [FRACTION_OPEN], "n_folds": [Interval(int, 2, None)], "random_state": [SEED],
+    }
 
     def __init__(self, roles: data.Roles, teacher="mlp", distill_lambda=0.5, temperature=2.0, n_members=3,
                  hidden=(64, 32), calibration="platt", rule="value_brier", budget=None,
@@ -68,10 +68,11 @@ class ActiveInspector(BaseEstimator):
         update a progress bar)."""
         done = progress or (lambda name: None)
         roles, seed = self.roles, self.random_state
-        if self.rule not in RULES:
-            raise InputError(f"routing rule {self.rule!r} is not one of {list(RULES)}")
-        if self.budget is not None and not 0 <= self.budget <= 1:
-            raise InputError(f"budget {self.budget} is not a fraction in [0, 1]")
+        self._validate_params()
+        registry.get("routing_rule", self.rule)  # an unknown rule is refused with the known ones
+        check("frame", frame, Instance(pd.DataFrame), owner="ActiveInspector.fit")
+        if len(frame) == 0:
+            raise InputError(f"{frame.attrs.get('source', 'table')}: no products (the table has no rows)")
         y = data.labels(frame, roles)
         x = data.features(frame, roles, roles.features)
         data.check_observed(x, roles.basic, "basic")
@@ -90,10 +91,10 @@ class ActiveInspector(BaseEstimator):
                                       stratify=strata)
         tr_s, va_s = train[s[train]], val[s[val]]
 
-        self.basic_pipe_ = data.preprocessor(roles, roles.basic).fit(x.iloc[train][list(roles.basic)])
-        self.full_pipe_ = data.preprocessor(roles, roles.features).fit(x.iloc[tr_s][list(roles.features)])
-        xb = self._basic(x)
-        xf = self._full(x.iloc[np.flatnonzero(s)])
+        basic = Preprocessor(roles.basic, roles.categorical).fit(x.iloc[train])
+        full = Preprocessor(roles.features, roles.categorical).fit(x.iloc[tr_s])
+        xb = basic.transform(x)
+        xf = full.transform(x.iloc[np.flatnonzero(s)])
         xf_rows = np.full(len(y), -1)
         xf_rows[s] = np.arange(s.sum())
         done("preprocessing")
@@ -102,32 +103,36 @@ class ActiveInspector(BaseEstimator):
         template = make_teacher(self.teacher, seed, **net)
         self.teacher_ = clone(template).fit(xf[xf_rows[tr_s]], y[tr_s])
         teacher_oof = out_of_fold(template, xf[xf_rows[tr_s]], y[tr_s], np.arange(len(tr_s)), self.n_folds, seed)
-        teacher_logit = np.full(len(train), np.nan)
-        teacher_logit[s[train]] = teacher_oof
+        distill_target = np.full(len(train), np.nan)
+        distill_target[s[train]] = teacher_oof
         done("teacher")
 
         student = NetClassifier(hidden=self.hidden, n_members=self.n_members, distill_lambda=self.distill_lambda,
                                 temperature=self.temperature, random_state=seed)
-        self.student_ = clone(student).fit(xb[train], y[train], teacher_logit=teacher_logit)
+        self.student_ = clone(student).fit(xb[train], y[train], teacher_logit=distill_target)
         done("student")
 
-        self.teacher_cal_ = Calibrator(self.calibration).fit(self._teacher_logit(xf[xf_rows[va_s]]), y[va_s])
-        self.student_cal_ = Calibrator(self.calibration).fit(self.student_.decision_function(xb[val]), y[val])
+        teacher_cal = Calibrator(self.calibration).fit(teacher_logit(self._teacher_members(xf[xf_rows[va_s]])),
+                                                       y[va_s])
+        student_cal = Calibrator(self.calibration).fit(self.student_.decision_function(xb[val]), y[val])
         done("calibration")
 
         student_oof = out_of_fold(student, xb[train], y[train], np.flatnonzero(s[train]), self.n_folds, seed,
-                                  teacher_logit=teacher_logit)
-        target = inspection_value(self.student_cal_.transform(student_oof), self.teacher_cal_.transform(teacher_oof),
+                                  teacher_logit=distill_target)
+        target = inspection_value(student_cal.transform(student_oof), teacher_cal.transform(teacher_oof),
                                   y[tr_s], self.cost)
         self.value_model_ = NetRegressor(random_state=seed).fit(xb[tr_s], target)
         done("routing model")
 
-        self.rules_ = make_rules(self.cost.threshold, seed)
+        self.system_ = System(roles=roles, basic=basic, full=full, student_cal=student_cal, teacher_cal=teacher_cal,
+                              value_members=self.value_model_.n_members, cost=self.cost, rule=self.rule,
+                              budget=self.budget, rules=make_rules(self.cost.threshold, seed), validation_scores={},
+                              best_budget={})
         val_out = self.outputs(frame.iloc[val])
-        self.validation_scores_ = {name: np.sort(score) for name, score in val_out.routing.items()}
         sampled_val = np.flatnonzero(s[val])
-        self.best_budget_ = {name: self._cheapest_ratio(y[va_s], val_out, name, sampled_val)
-                             for name in self.rules_}
+        for name, score in val_out.routing.items():
+            self.system_.validation_scores[name] = np.sort(score)
+            self.system_.best_budget[name] = self._cheapest_ratio(y[va_s], val_out, name, sampled_val)
         done("routing thresholds")
         return self
 
@@ -141,47 +146,19 @@ class ActiveInspector(BaseEstimator):
             costs.append(self.cost.per_product(y, np.where(routed, p_t, p_s), routed))
         return float(RATIO_GRID[int(np.argmin(costs))])
 
-    def _basic(self, x: pd.DataFrame) -> np.ndarray:
-        return self.basic_pipe_.transform(x[list(self.roles.basic)]).astype(np.float32)
-
-    def _full(self, x: pd.DataFrame) -> np.ndarray:
-        return self.full_pipe_.transform(x[list(self.roles.features)]).astype(np.float32)
-
     def _teacher_members(self, xf: np.ndarray) -> np.ndarray:
         if isinstance(self.teacher_, NetClassifier):
             return self.teacher_.member_outputs(xf)
         return self.teacher_.decision_function(xf)[:, None]
 
-    def _teacher_logit(self, xf: np.ndarray, runner=None) -> np.ndarray:
-        return logit_of(expit((runner or self._teacher_members)(xf)).mean(axis=1))
-
     def runners(self) -> dict:
         """The networks as functions of preprocessed float32 matrices, in PyTorch / scikit-learn; a
-        ``Router`` with the ONNX backend swaps in ONNX Runtime sessions with the same outputs."""
+        ``Router`` loaded from a model folder runs the same networks as ONNX graphs."""
+        check_is_fitted(self)
         return {"student": self.student_.member_outputs, "teacher": self._teacher_members,
                 "router": self.value_model_.member_outputs}
 
-    def outputs(self, frame: pd.DataFrame, runners: dict | None = None, rules: dict | None = None) -> Outputs:
-        """Scores for a table of products: basic columns required; advanced columns optional (all or
-        none), used where present. ``runners`` / ``rules`` replace the fitted networks / rules."""
-        roles, run = self.roles, runners or self.runners()
-        data.check_columns(frame, roles.basic)
-        present = [c for c in roles.advanced if c in frame.columns]
-        if present and len(present) < len(roles.advanced):
-            absent = [c for c in roles.advanced if c not in frame.columns]
-            raise InputError(f"{frame.attrs.get('source', 'table')}: advanced column(s) {absent} are missing; "
-                             "give all advanced columns or none")
-        x = data.features(frame, roles, roles.basic + tuple(present))
-        data.check_rows_observed(x, roles.basic, "basic")
-        xb = self._basic(x)
-        member_proba = expit(run["student"](xb))
-        batch = Batch(fault_score=self.student_cal_.transform(logit_of(member_proba.mean(axis=1))),
-                      member_proba=member_proba, value=self.value_model_.combine(run["router"](xb)))
-        teacher_score = np.full(len(x), np.nan)
-        if present:
-            has = data.sampled(x, roles)
-            if has.any():
-                logit = self._teacher_logit(self._full(x.iloc[np.flatnonzero(has)]), run["teacher"])
-                teacher_score[has] = self.teacher_cal_.transform(logit)
-        return Outputs(batch=batch, routing={n: r.score(batch) for n, r in (rules or self.rules_).items()},
-                       teacher_score=teacher_score)
+    def outputs(self, frame: pd.DataFrame, rules: dict | None = None) -> Outputs:
+        """Scores for a table of products (see :meth:`System.outputs`); ``rules`` replace the fitted rules."""
+        runners = self.runners()  # refuses an unfitted inspector
+        return self.system_.outputs(frame, runners, rules)
