@@ -60,7 +60,7 @@ def worker(args) -> None:
             with torch.inference_mode():
                 return detector.model_(torch.from_numpy(x))
     else:
-        from fabguard.anomaly.inspector import Inspector
+        from fabguard.anomaly.runtime import Inspector
 
         inspector = Inspector(args.onnx, providers=RUNTIMES[args.runtime], max_batch=max(args.batches),
                               cache_dir=Path(args.onnx).with_suffix(".trt_cache"))

@@ -187,7 +187,8 @@ def available_memory() -> int:
         pass
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            text = open(path).read().strip()
+            with open(path) as handle:
+                text = handle.read().strip()
         except OSError:
             continue
         if text.isdigit() and int(text) < 1 << 60:

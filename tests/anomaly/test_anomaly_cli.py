@@ -83,5 +83,8 @@ def test_bad_options_are_clean_errors(tmp_path, capsys, argv, message):
     from fabguard.anomaly.synthetic import make_dataset
 
     data = make_dataset(tmp_path / "d", size=32, n_train=4, n_test_good=1, n_test_defect=1)
-    assert main(["anomaly", "train", "--data", str(data), "--out", str(tmp_path / "m.pt"), "--quiet", *argv]) == 2
-    assert message in capsys.readouterr().err
+    try:
+        code = main(["anomaly", "train", "--data", str(data), "--out", str(tmp_path / "m.pt"), "--quiet", *argv])
+    except SystemExit as exit:  # argparse refuses a value by exiting
+        code = exit.code
+    assert code == 2 and message in capsys.readouterr().err

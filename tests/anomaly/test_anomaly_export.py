@@ -9,9 +9,10 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from conftest import parity_bounds
 from fabguard.anomaly.export import parity
 from fabguard.anomaly.images import decode
-from fabguard.anomaly.inspector import Inspector, provider_options, read_metadata
+from fabguard.anomaly.runtime import Inspector
 from fabguard.errors import InputError
 
 KINDS = ("pca", "vae", "patchcore")
@@ -23,8 +24,9 @@ def test_onnx_runtime_matches_pytorch(detectors, artifacts, test_set, kind):
     noise = rng.random((5, 3, 64, 64), dtype=np.float32)
     for images in (test_set.images, test_set.images[:1], noise):  # several batch sizes: dynamic batch
         diff = parity(detectors[kind], artifacts[kind], images)
-        assert diff["max_abs_diff_score"] <= 1e-4, diff
-        assert diff["max_abs_diff_heatmap"] <= 1e-4, diff
+        score_bound, heatmap_bound = parity_bounds(detectors[kind], images)
+        assert diff["max_abs_diff_score"] <= score_bound, (diff, score_bound)
+        assert diff["max_abs_diff_heatmap"] <= heatmap_bound, (diff, heatmap_bound)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -34,12 +36,12 @@ def test_artifact_has_dynamic_batch_and_metadata(detectors, artifacts, kind):
     assert image_input.name == "images" and isinstance(image_input.shape[0], str)
     assert image_input.shape[1:] == [3, 64, 64]
     assert [o.name for o in session.get_outputs()] == ["score", "heatmap"]
-    meta = read_metadata(artifacts[kind])
+    meta = Inspector.read(artifacts[kind])
     detector = detectors[kind]
     assert meta["model"] == kind and meta["input_size"] == 64
     assert meta["thresholds"] == detector.thresholds_.as_dict()
     assert meta["train_fingerprint"] == detector.fingerprint_
-    assert meta["fabguard_version"]
+    assert meta["fabguard_version"] and meta["artifact"] == "anomaly-detector"
 
 
 def test_inspector_scores_arrays_files_and_bytes_alike(detectors, artifacts, test_set, synthetic_root):
@@ -55,10 +57,11 @@ def test_inspector_scores_arrays_files_and_bytes_alike(detectors, artifacts, tes
         np.testing.assert_array_equal(by_file.decisions, other.decisions)
     assert by_file.heatmaps.shape == (len(files), 64, 64)
     expected, _ = detectors["patchcore"].score(test_set.images)
-    np.testing.assert_allclose(by_file.scores, expected, atol=1e-4)
+    bound, _ = parity_bounds(detectors["patchcore"], test_set.images)
+    np.testing.assert_allclose(by_file.scores, expected, rtol=0, atol=bound)
     np.testing.assert_array_equal(by_file.decisions, detectors["patchcore"].decide(by_file.scores))
-    one = inspector.inspect(files[0])
-    assert len(one) == 1 and one.scores[0] == pytest.approx(by_file.scores[0], abs=1e-4)
+    one = inspector.inspect(files[0])  # batch 1 may sum in another order than batch 16: same bound
+    assert len(one) == 1 and one.scores[0] == pytest.approx(by_file.scores[0], abs=2 * bound)
 
 
 def test_inspector_resizes_rgb_and_channel_first_input(artifacts):
@@ -73,7 +76,7 @@ def test_inspector_resizes_rgb_and_channel_first_input(artifacts):
 
 def test_inspector_errors(artifacts, tmp_path):
     inspector = Inspector(artifacts["pca"])
-    with pytest.raises(InputError, match="bytes: cannot decode"):
+    with pytest.raises(InputError, match="bytes item 0: cannot decode image: not a PNG"):
         inspector.inspect(b"definitely not an image")
     with pytest.raises(InputError, match="numpy batch"):
         inspector.inspect(np.zeros((5,), np.uint8))
@@ -84,7 +87,7 @@ def test_inspector_errors(artifacts, tmp_path):
         Inspector(tmp_path / "x.onnx")
     with pytest.raises(InputError, match="no such model artifact"):
         Inspector(tmp_path / "missing.onnx")
-    with pytest.raises(InputError, match="none of the providers"):
+    with pytest.raises(InputError, match="unknown to ONNX Runtime"):
         Inspector(artifacts["pca"], providers=["NoSuchExecutionProvider"])
 
 
@@ -100,13 +103,32 @@ def test_onnx_without_metadata_is_refused(tmp_path):
         Inspector(tmp_path / "plain.onnx")
 
 
-def test_tensorrt_provider_gets_engine_cache_and_shape_profile(tmp_path):
-    options = provider_options("TensorrtExecutionProvider", 256, 64, tmp_path, fp16=False)
-    assert options["trt_engine_cache_enable"] and options["trt_engine_cache_path"] == str(tmp_path)
-    assert options["trt_profile_min_shapes"] == "images:1x3x256x256"
-    assert options["trt_profile_max_shapes"] == "images:64x3x256x256"
-    assert provider_options("CPUExecutionProvider", 256, 64, tmp_path, False) == {}
-    assert provider_options("CUDAExecutionProvider", 256, 64, tmp_path, False) == {"use_tf32": 0}
+def test_sessions_open_and_the_tensorrt_profile_covers_the_artifact(artifacts, monkeypatch, tmp_path):
+    """A real CPU session opens and serves batch 1 and max_batch; where TensorRT is asked for, its profile
+    names the graph's input at the artifact's size for batch 1..max_batch (captured: no TensorRT here)."""
+    inspector = Inspector(artifacts["pca"], providers=["CPUExecutionProvider"], max_batch=4)
+    assert inspector.providers == ["CPUExecutionProvider"]
+    for n in (1, 4, 9):  # 9 is cut into 4 + 4 + 1
+        assert inspector.inspect(np.zeros((n, 64, 64), np.uint8)).heatmaps.shape == (n, 64, 64)
+    seen = {}
+    real = ort.InferenceSession
+
+    def capture(path, options, providers):
+        seen.update(dict(providers))
+        return real(path, options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", capture)
+    Inspector(artifacts["vae"], max_batch=16, cache_dir=tmp_path / "cache")
+    trt = seen["TensorrtExecutionProvider"]
+    name = real(str(artifacts["vae"]), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    profile = {key: trt[f"trt_profile_{key}_shapes"] for key in ("min", "opt", "max")}
+    shapes = {key: value.split(":") for key, value in profile.items()}
+    assert {n for n, _ in shapes.values()} == {name}
+    dims = {key: [int(v) for v in shape.split("x")] for key, (_, shape) in shapes.items()}
+    assert dims["min"] == [1, 3, 64, 64] and dims["max"] == [16, 3, 64, 64]
+    assert 1 <= dims["opt"][0] <= 16 and dims["opt"][1:] == [3, 64, 64]
+    assert trt["trt_engine_cache_enable"] and (tmp_path / "cache").is_dir()
 
 
 def test_png_written_by_inspector_user_round_trip(artifacts, tmp_path):
@@ -116,4 +138,5 @@ def test_png_written_by_inspector_user_round_trip(artifacts, tmp_path):
     Image.fromarray(eight).save(tmp_path / "a8.png")
     Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "a16.png")
     result = Inspector(artifacts["vae"]).inspect([tmp_path / "a8.png", tmp_path / "a16.png"])
-    assert result.scores[0] == pytest.approx(result.scores[1], abs=1e-6)
+    # v / 255 and 257 v / 65535 are the same real number, rounded to float32 once each: equal inputs
+    assert result.scores[0] == result.scores[1]

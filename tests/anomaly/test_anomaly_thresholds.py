@@ -25,7 +25,8 @@ def test_validation_false_alarms_never_exceed_the_target(scores, q):
     """On the normal images that set them, thresholds flag at most a share 1 - q (never everything)."""
     t = Thresholds.calibrate(scores, review_quantile=q, reject_quantile=q)
     flagged = (t.decide(scores) != "PASS").mean()
-    assert flagged <= 1 - q + 1e-12
+    # k / n and 1 - q are each rounded once in float64 (values <= 1): 2 unit round-offs apart at most
+    assert flagged <= 1 - q + np.finfo(float).eps
     assert flagged < 1.0
 
 

@@ -55,7 +55,8 @@ def test_attached_metadata_round_trips_and_a_runtime_runs_it_in_chunks(tmp_path)
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"", "no graph"),
+    (b"", "empty file \\(0 bytes\\)"),
+    (b"\x08\x07", "no graph"),  # a valid protobuf: ir_version 7, nothing else
     (b"\x00\xffgarbage" * 10, "not an ONNX model"),
     (None, "without fabguard metadata"),
     ({"fabguard": "{not json"}, "not valid JSON"),

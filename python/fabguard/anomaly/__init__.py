@@ -1,5 +1,5 @@
 """Unsupervised visual anomaly detection: PCA baseline, convolutional VAE, PatchCore-style detector,
-evaluation, ONNX export and an ONNX Runtime inspector. See docs/anomaly.md.
+evaluation, ONNX export and the ONNX Runtime inspector (``runtime``, the serving side). See docs/anomaly.md.
 
 Names are imported on first use (PEP 562), so ``fabguard anomaly --help`` does not load PyTorch.
 """
@@ -22,7 +22,8 @@ _EXPORTS = {
     "VAEDetector": "vae",
     "PatchCoreDetector": "patchcore",
     "export_onnx": "export",
-    "Inspector": "inspector",
+    "Inspector": "runtime",
+    "Inspection": "runtime",
     "make_dataset": "synthetic",
 }
 

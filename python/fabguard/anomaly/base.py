@@ -5,14 +5,20 @@ validation part; the validation part sets the decision thresholds (and stops VAE
 scoring runs through one torch module, ``model_``, that maps an RGB batch (N, 3, S, S) in [0, 1] to
 ``(scores (N,), heatmaps (N, S, S))``; the same module is exported to ONNX, so the artifact computes
 exactly what ``score`` computes.
+
+A new detector is one module holding a :class:`Detector` subclass plus one line in
+:mod:`fabguard.registry`: the CLI builds its ``--model`` choices and the detector's own flags
+(``cli_options``) from the registry, and loading and evaluation find the class there.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 import numpy as np
@@ -20,12 +26,15 @@ import torch
 from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
+from fabguard import registry
 from fabguard.anomaly.images import check_batch, fingerprint, split
-from fabguard.errors import InputError
+from fabguard.errors import InputError, ModelFileError
 from fabguard.outputs import atomic_path
+from fabguard.params import SEED, Interval, ValidatedParams, check, check_memory
 
 DECISIONS = ("PASS", "REVIEW", "REJECT")
 FORMAT_VERSION = 1
+MIN_SIZE = 16  # below this no detector has anything to model (PatchCore's feature grid is 1/8 of it)
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,22 @@ class Thresholds:
             n_val=int(scores.size),
         )
 
+    @classmethod
+    def from_dict(cls, data, where: str) -> "Thresholds":
+        """Thresholds read from a model file or artifact (``where``), checked: a crafted file is refused."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(data, dict) or sorted(data) != sorted(names):
+            raise ModelFileError(f"{where}: thresholds must be an object with keys {', '.join(names)}; got {data!r}")
+        for name in names:
+            value, kind = data[name], int if name == "n_val" else float
+            if not Interval(kind, 1 if kind is int else None, None).accepts(value):
+                raise ModelFileError(f"{where}: threshold {name!r} must be a finite number"
+                                     f"{' >= 1' if kind is int else ''}; got {value!r}")
+        if not (0 < data["review_quantile"] <= data["reject_quantile"] <= 1 and data["review"] <= data["reject"]):
+            raise ModelFileError(f"{where}: thresholds out of order (need 0 < review quantile <= reject quantile "
+                                 f"<= 1 and review <= reject): {data}")
+        return cls(**{n: (int if n == "n_val" else float)(data[n]) for n in names})
+
     def decide(self, scores) -> np.ndarray:
         """PASS / REVIEW / REJECT per score."""
         scores = np.asarray(scores, dtype=np.float64)
@@ -75,20 +100,43 @@ class Thresholds:
         return asdict(self)
 
 
-class Detector(BaseEstimator, ABC):
-    """Base of the PCA, VAE and PatchCore detectors: ``fit(normal images)``, ``score``, ``save`` / ``load``.
+@dataclass(frozen=True)
+class CLIOption:
+    """A command-line flag of ``fabguard anomaly train`` that sets one detector parameter.
 
-    Subclasses set ``kind``, take their hyper-parameters (plus the common ones below) in ``__init__``
-    and implement ``_fit`` (training -> scoring module), ``_new_module`` (an untrained module of the
-    right shapes, for ``load``) and ``reference``.
+    ``parse`` turns the text into the parameter's value (an argparse ``type``: raise ``ValueError`` or
+    ``argparse.ArgumentTypeError`` for text it cannot read); the value is then checked by the detector's
+    ``_parameter_constraints``. The flag's default is the detector's own default.
+    """
+
+    flag: str
+    parse: Callable[[str], object]
+    help: str
+    choices: tuple | None = None
+
+
+class Detector(ValidatedParams, BaseEstimator, ABC):
+    """Base of every detector: ``fit(normal images)``, ``score``, ``decide``, ``save`` / ``load``.
+
+    scikit-learn's estimator contract: ``__init__`` stores each argument under its own name and does
+    nothing else (so ``get_params`` / ``set_params`` / ``sklearn.clone`` work); ``_parameter_constraints``
+    are checked when ``fit`` starts (:meth:`check_params`); learned state ends in ``_``.
+
+    Subclasses set ``kind`` (their registry name), declare ``_parameter_constraints``
+    (``{**Detector._parameter_constraints, ...}``, as scikit-learn does) and ``cli_options``, and implement ``_fit`` (training -> scoring module),
+    ``_new_module`` (an untrained module of the right shapes, for ``load``) and ``reference``.
     """
 
     kind: ClassVar[str]
-    registry: ClassVar[dict[str, type["Detector"]]] = {}
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        Detector.registry[cls.kind] = cls
+    cli_options: ClassVar[dict[str, CLIOption]] = {}  # parameter -> its flag of `fabguard anomaly train`
+    reference_label: ClassVar[str] = "reconstruction"  # what ``reference`` shows, for the error gallery
+    _parameter_constraints: ClassVar[dict] = {
+        "input_size": [Interval(int, MIN_SIZE, None)],
+        "val_fraction": [Interval(float, 0, 1, "neither")],
+        "review_quantile": [Interval(float, 0, 1, "right")],
+        "reject_quantile": [Interval(float, 0, 1, "right")],
+        "seed": [SEED],
+    }
 
     # --- what subclasses provide -------------------------------------------------------------------
     @abstractmethod
@@ -100,13 +148,38 @@ class Detector(BaseEstimator, ABC):
         """An untrained scoring module whose shapes match ``state`` (a saved state dict)."""
 
     @abstractmethod
-    def reference(self, images: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    def reference(self, images: np.ndarray, normals: np.ndarray | None) -> np.ndarray:
         """What the model holds as the normal counterpart of each image, (N, 3, S, S): for the error gallery."""
 
+    def _model_bytes(self, n_images: int) -> float:
+        """Memory the training needs beyond the image batch itself (estimate, bytes)."""
+        return 0.0
+
+    def describe_training(self) -> str:
+        """One line about the training run beyond thresholds (e.g. epochs), or ''."""
+        return ""
+
     # --- shared behaviour ----------------------------------------------------------------------------
+    def check_params(self) -> "Detector":
+        """Refuse parameters outside ``_parameter_constraints`` (naming the parameter), before any work."""
+        self._validate_params()
+        if self.review_quantile > self.reject_quantile:
+            check("review_quantile", self.review_quantile, Interval(float, 0, self.reject_quantile, "right"),
+                  owner=type(self).__name__)
+        return self
+
+    def check_memory(self, n_images: int) -> None:
+        """Refuse a training run on ``n_images`` images that cannot fit in memory, before loading them."""
+        batch = 4.0 * n_images * 3 * self.input_size ** 2  # the float32 batch (N, 3, S, S)
+        check_memory(2 * batch + self._model_bytes(n_images),  # 2x: decoding and the training split copy it
+                     f"training the {self.kind} detector on {n_images} images of {self.input_size}x"
+                     f"{self.input_size}", "use a smaller --size or fewer images")
+
     def fit(self, images: np.ndarray, progress: bool = False) -> "Detector":
         """Fit on normal images (N, 3, S, S) in [0, 1] and calibrate the decision thresholds."""
+        self.check_params()
         images = check_batch(images, self.input_size, "training images")
+        self.check_memory(len(images))
         train, val = split(len(images), self.val_fraction, self.seed)
         torch.manual_seed(self.seed)
         self.model_ = self._fit(images[train], images[val], progress).eval()
@@ -121,9 +194,13 @@ class Detector(BaseEstimator, ABC):
         self.n_train_, self.n_val_ = len(train), len(val)
         return self
 
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "model_")
+
     def score(self, images: np.ndarray, batch_size: int = 16, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly scores (N,) and heatmaps (N, S, S) of an RGB batch (N, 3, S, S) in [0, 1]."""
         self._check_fitted()
+        check("batch_size", batch_size, Interval(int, 1, None), owner=f"{type(self).__name__}.score")
         images = check_batch(images, self.input_size)
         scores, heatmaps = [], []
         with torch.inference_mode():
@@ -165,28 +242,48 @@ class Detector(BaseEstimator, ABC):
 
     @staticmethod
     def load(path: str | os.PathLike) -> "Detector":
-        """Read a detector written by ``save`` (any kind)."""
-        from fabguard.anomaly import patchcore, pca, vae  # noqa: F401  (registers every detector kind)
+        """Read a detector written by ``save`` (any registered kind).
 
+        The file is read with ``torch.load(weights_only=True)``: tensors and plain values only, so a
+        crafted file cannot run code. Every part is checked; anything else raises :class:`ModelFileError`.
+        """
+        where = os.fspath(path)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            meta = state["metadata"]
-            cls = Detector.registry[meta["model"]]
         except FileNotFoundError:
-            raise InputError(f"{path}: no such model file") from None
-        except Exception as exc:
-            raise InputError(f"{path}: not a fabguard anomaly model ({type(exc).__name__}: {exc})") from None
-        if meta["format_version"] != FORMAT_VERSION:
-            raise InputError(f"{path}: model format {meta['format_version']} is not {FORMAT_VERSION}")
-        detector = cls(**meta["params"])
-        detector.model_ = detector._new_module(state["module"])
-        detector.model_.load_state_dict(state["module"])
+            raise ModelFileError(f"{where}: no such model file") from None
+        except IsADirectoryError:
+            raise ModelFileError(f"{where}: is a folder, not a model file") from None
+        except Exception as exc:  # noqa: BLE001  torch.load raises pickle, zip, struct, unicode... errors for
+            # damaged, foreign or crafted files (a pickle that would run code: UnpicklingError, nothing runs)
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise ModelFileError(f"{where}: not a fabguard anomaly model ({type(exc).__name__}"
+                                 f"{': ' + first if first else ''})") from None
+        meta = _checked_state(state, where)
+        try:
+            cls = registry.get("detector", meta["model"])
+        except InputError as exc:
+            raise ModelFileError(f"{where}: {exc}") from None
+        try:
+            detector = cls(**meta["params"]).check_params()
+        except (TypeError, InputError) as exc:
+            raise ModelFileError(f"{where}: model parameters refused ({exc})") from None
+        if detector.input_size != meta["input_size"]:
+            raise ModelFileError(f"{where}: input size {meta['input_size']!r} differs from the parameters' "
+                                 f"{detector.input_size!r}")
+        try:
+            detector.model_ = detector._new_module(state["module"])
+            detector.model_.load_state_dict(state["module"])
+            detector._load_extra_state(state["extra"])
+        except (InputError, RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise ModelFileError(f"{where}: the saved {meta['model']} module does not fit its parameters "
+                                 f"({type(exc).__name__}: {first})") from None
         detector.model_.eval()
-        detector.thresholds_ = Thresholds(**meta["thresholds"])
+        detector.thresholds_ = Thresholds.from_dict(meta["thresholds"], where)
         detector.fingerprint_ = meta["train_fingerprint"]
         detector.n_train_, detector.n_val_ = meta["n_train"], meta["n_val"]
-        detector.val_scores_ = np.asarray(state["val_scores"])
-        detector._load_extra_state(state["extra"])
+        detector.val_scores_ = np.asarray(state["val_scores"], dtype=np.float64)
         return detector
 
     def _extra_state(self) -> dict:
@@ -197,8 +294,35 @@ class Detector(BaseEstimator, ABC):
         pass
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
+        if not self.__sklearn_is_fitted__():
             raise InputError(f"the {self.kind} detector is not fitted: call fit() or load a saved model")
+
+
+_STATE = {"metadata": dict, "module": dict, "val_scores": list, "extra": dict}
+_METADATA = {"model": str, "format_version": int, "params": dict, "input_size": int, "thresholds": dict,
+             "train_fingerprint": str, "n_train": int, "n_val": int}
+
+
+def _checked_state(state, where: str) -> dict:
+    """The metadata of a loaded model file, after checking the file's structure and value types."""
+    if not isinstance(state, dict) or any(not isinstance(state.get(k), t) for k, t in _STATE.items()):
+        raise ModelFileError(f"{where}: not a fabguard anomaly model (expected keys "
+                             f"{', '.join(_STATE)} with {', '.join(t.__name__ for t in _STATE.values())} values)")
+    meta = state["metadata"]
+    for key, kind in _METADATA.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise ModelFileError(f"{where}: model metadata {key!r} is missing or not {kind.__name__} "
+                                 f"(got {meta.get(key)!r})")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise ModelFileError(f"{where}: model format {meta['format_version']} is not {FORMAT_VERSION}")
+    if min(meta["n_train"], meta["n_val"]) < 1:
+        raise ModelFileError(f"{where}: n_train and n_val must be positive, got {meta['n_train']}, {meta['n_val']}")
+    scores = state["val_scores"]
+    if len(scores) != meta["n_val"] or not all(isinstance(s, (int, float)) and math.isfinite(s) for s in scores):
+        raise ModelFileError(f"{where}: val_scores must be {meta['n_val']} finite numbers")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["module"].items()):
+        raise ModelFileError(f"{where}: module state must map names to tensors")
+    return meta
 
 
 load_detector = Detector.load

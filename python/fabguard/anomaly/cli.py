@@ -1,6 +1,9 @@
 """``fabguard anomaly train | evaluate | export | inspect | synthetic``.
 
-Heavy imports (torch, onnxruntime) happen inside the command functions so that help stays fast.
+Heavy imports (torch, onnxruntime) happen inside the command functions so that help stays fast. The
+``--model`` choices of ``train`` come from :mod:`fabguard.registry`, and each detector's own flags
+(its ``cli_options``) are added when ``train`` is parsed, so a new detector needs no change here. Every
+output path is checked before the work starts, and every value before data is loaded.
 """
 
 from __future__ import annotations
@@ -9,9 +12,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from fabguard.errors import InputError
+from fabguard import registry
+from fabguard.cli import add_seed, typed
+from fabguard.errors import InputError, InvalidParameterError
+from fabguard.params import POSITIVE_INT, Interval
 
-MODELS = ("pca", "vae", "patchcore")
+# the common detector parameters and their flags (each detector adds its own, see Detector.cli_options)
+COMMON_FLAGS = {"input_size": "--size", "val_fraction": "--val-fraction", "review_quantile": "--review-quantile",
+                "reject_quantile": "--reject-quantile", "seed": "--seed"}
 
 
 def _seed(args) -> None:
@@ -23,7 +31,7 @@ def _seed(args) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_seed(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -31,7 +39,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="fit a detector on normal images and save it",
                               description="Fit a detector on the normal images of DATA (MVTec train/good or a "
                                           "plain folder), calibrate its thresholds and save it.")
-    p.add_argument("--model", choices=MODELS, required=True)
+    p.add_argument("--model", choices=registry.available("detector"), required=True)
     p.add_argument("--data", required=True, help="MVTec-layout dataset folder, or a folder of normal images")
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.add_argument("--size", type=int, default=256, help="model input size in pixels (default 256)")
@@ -39,38 +47,32 @@ def register(subparsers) -> None:
     p.add_argument("--review-quantile", type=float, default=0.95,
                    help="REVIEW above this quantile of validation scores (target false-alarm rate 1 - q)")
     p.add_argument("--reject-quantile", type=float, default=0.995, help="REJECT above this quantile")
-    p.add_argument("--components", type=int, default=50, help="pca: number of components (default 50)")
-    p.add_argument("--epochs", type=int, default=50, help="vae: maximum epochs (default 50)")
-    p.add_argument("--beta", type=float, default=1.0, help="vae: KL weight after annealing (default 1)")
-    p.add_argument("--batch-size", type=int, default=32, help="vae: batch size (default 32)")
-    p.add_argument("--patience", type=int, default=10, help="vae: early-stopping patience in epochs (default 10)")
-    p.add_argument("--augment", choices=("none", "wafer", "component"), default="none",
-                   help="vae: training augmentation preset (default none; see docs/anomaly.md)")
-    p.add_argument("--coreset-ratio", type=float, default=0.1, help="patchcore: memory bank share (default 0.1)")
-    p.add_argument("--crop", type=int, default=224, help="patchcore: centre crop size, 0 = none (default 224)")
-    p.add_argument("--layers", default="4,14", help="patchcore: backbone blocks (default 4,14)")
     _add_common(p)
+    _add_detector_flags_when_parsed(p)
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("evaluate", help="metrics, plots and error gallery on a labelled test set",
                               description="Evaluate saved detectors on the test set of an MVTec-layout dataset; "
                                           "writes OUT/<model>/ (metrics.json, scores.csv, plots) and a "
-                                          "comparison table OUT/comparison.md.")
+                                          "comparison table OUT/comparison.md. OUT appears whole when all is "
+                                          "done, replacing an earlier evaluation folder there.")
     p.add_argument("--model", action="append", required=True, help="model file (.pt); repeat to compare")
     p.add_argument("--data", required=True, help="MVTec-layout dataset folder (test/, ground_truth/, train/good)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--gallery", type=int, default=6, help="images per error gallery (default 6)")
+    p.add_argument("--out", required=True, help="output folder (new, or an earlier evaluation's)")
+    p.add_argument("--gallery", type=typed(int, POSITIVE_INT), default=6, help="images per error gallery (default 6)")
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser("export", help="export a detector to ONNX (and optionally a TensorRT engine)",
                               description="Export a saved detector to ONNX (preprocessing and scoring inside, "
-                                          "dynamic batch, metadata embedded) and check ONNX Runtime against PyTorch.")
+                                          "dynamic batch, metadata embedded) and check ONNX Runtime against "
+                                          "PyTorch; the file is written only if they agree.")
     p.add_argument("--model", required=True, help="model file (.pt)")
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--tensorrt", metavar="ENGINE", help="also build a TensorRT engine (needs tensorrt and a GPU)")
     p.add_argument("--no-fp16", action="store_true", help="TensorRT engine in FP32 only")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed (default 1e-4)")
+    p.add_argument("--tolerance", type=typed(float, Interval(float, 0, None, "neither")), default=1e-4,
+                   help="max abs difference allowed (default 1e-4)")
     _add_common(p)
     p.set_defaults(func=cmd_export)
 
@@ -89,47 +91,90 @@ def register(subparsers) -> None:
                               description="Write an MVTec-layout dataset of synthetic wafer-like textures with "
                                           "injected scratches and particles (and their masks).")
     p.add_argument("--out", required=True, help="folder to create (must not exist or be empty)")
-    p.add_argument("--size", type=int, default=128, help="image size (default 128)")
-    p.add_argument("--train", type=int, default=60, help="normal training images (default 60)")
+    p.add_argument("--size", type=typed(int, Interval(int, 16, None)), default=128, help="image size (default 128)")
+    p.add_argument("--train", type=typed(int, POSITIVE_INT), default=60, help="normal training images (default 60)")
     _add_common(p)
     p.set_defaults(func=cmd_synthetic)
 
 
-def make_detector(args):
-    from fabguard.anomaly.patchcore import PatchCoreDetector
-    from fabguard.anomaly.pca import PCADetector
-    from fabguard.anomaly.vae import VAEDetector
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
-    common = dict(input_size=args.size, val_fraction=args.val_fraction, review_quantile=args.review_quantile,
-                  reject_quantile=args.reject_quantile, seed=args.seed)
-    if args.model == "pca":
-        return PCADetector(n_components=args.components, **common)
-    if args.model == "vae":
-        return VAEDetector(epochs=args.epochs, beta=args.beta, batch_size=args.batch_size, patience=args.patience,
-                           augment=args.augment, **common)
+
+def _detector_flags() -> dict[str, list[tuple[str, str]]]:
+    """flag -> [(detector name, parameter)] over every registered detector (imports them)."""
+    flags: dict[str, list[tuple[str, str]]] = {}
+    for name in registry.available("detector"):
+        for param, option in registry.get("detector", name).cli_options.items():
+            flags.setdefault(option.flag, []).append((name, param))
+    return flags
+
+
+def _add_detector_flags_when_parsed(parser: argparse.ArgumentParser) -> None:
+    """Add every registered detector's flags to ``train`` when it is parsed (``--help`` included), not when
+    the parser is built: that imports the detectors, hence torch, which ``fabguard anomaly --help`` avoids.
+    Detectors that declare the same flag share it (the first one's parsing and help)."""
+    parse = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        if not getattr(parser, "_detector_flags_added", False):
+            parser._detector_flags_added = True
+            group = parser.add_argument_group("detector options (each applies to the models named in its help)")
+            for flag, users in _detector_flags().items():
+                name, param = users[0]
+                option = registry.get("detector", name).cli_options[param]
+                group.add_argument(flag, dest=_dest(flag), type=option.parse, choices=option.choices,
+                                   default=None, help=option.help)
+        return parse(args, namespace)
+
+    parser.parse_known_args = parse_known_args
+
+
+def make_detector(args):
+    """The detector ``args.model`` with the common parameters and its own flags' values (others refused)."""
+    cls = registry.get("detector", args.model)
+    params = {"input_size": args.size, "val_fraction": args.val_fraction, "review_quantile": args.review_quantile,
+              "reject_quantile": args.reject_quantile, "seed": args.seed}
+    flags = dict(COMMON_FLAGS)
+    for flag, users in _detector_flags().items():
+        value = getattr(args, _dest(flag), None)
+        mine = [param for name, param in users if name == args.model]
+        if value is not None and not mine:
+            raise InputError(f"{flag} is an option of the {', '.join(n for n, _ in users)} detector, not of "
+                             f"{args.model}")
+        if mine:
+            flags[mine[0]] = flag
+            if value is not None:
+                params[mine[0]] = value
+    detector = cls(**params)
     try:
-        layers = tuple(int(v) for v in args.layers.split(","))
-    except ValueError:
-        raise InputError(f"--layers: expected comma-separated block numbers, got {args.layers!r}") from None
-    return PatchCoreDetector(layers=layers, crop_size=args.crop or None, coreset_ratio=args.coreset_ratio, **common)
+        return detector.check_params()
+    except InvalidParameterError as exc:
+        param = next((p for p in flags if f"'{p}' parameter" in str(exc)), None)
+        raise InvalidParameterError(f"{flags[param]}: {exc}" if param else str(exc)) from None
 
 
 def cmd_train(args) -> int:
-    from fabguard.anomaly.images import load_dataset
+    from fabguard.anomaly.images import dataset_entries, load_dataset
     from fabguard.anomaly.plots import loss_curves
+    from fabguard.outputs import check_output
 
     _seed(args)
-    out = Path(args.out)
+    detector = make_detector(args)
+    out = check_output(args.out, "model file", inputs=[args.data])
+    loss_path = check_output(out.with_name(out.stem + "_loss.png"), "loss curve file", inputs=[args.data])
+    detector.check_memory(len(dataset_entries(args.data, "train")))
     normals = load_dataset(args.data, args.size, "train", progress=not args.quiet)
-    detector = make_detector(args).fit(normals.images, progress=not args.quiet)
+    detector.fit(normals.images, progress=not args.quiet)
     detector.save(out)
     t = detector.thresholds_
     print(f"{detector.kind}: trained on {detector.n_train_} images, thresholds from {detector.n_val_} validation "
           f"images: REVIEW > {t.review:.6g}, REJECT > {t.reject:.6g}; data fingerprint {detector.fingerprint_}")
-    if detector.kind == "vae":
-        loss_curves(detector.history_, out.with_name(out.stem + "_loss.png"))
-        print(f"best epoch {detector.best_epoch_} of {len(detector.history_)}; loss curves "
-              f"{out.with_name(out.stem + '_loss.png')}")
+    if detector.describe_training():
+        print(detector.describe_training())
+    if getattr(detector, "history_", None):
+        loss_curves(detector.history_, loss_path)
+        print(f"loss curves {loss_path}")
     print(f"saved {out}")
     return 0
 
@@ -138,23 +183,28 @@ def cmd_evaluate(args) -> int:
     from fabguard.anomaly.base import Detector
     from fabguard.anomaly.evaluate import comparison_table, evaluate, write_comparison
     from fabguard.anomaly.images import load_dataset
+    from fabguard.outputs import atomic_dir, check_output
 
     _seed(args)
-    detectors = [(Path(m).stem, Detector.load(m)) for m in args.model]
-    names = [n for n, _ in detectors]
+    names = [Path(m).stem for m in args.model]
     if len(set(names)) != len(names):
         raise InputError(f"model file names must differ (they name the output folders): {names}")
+    out = check_output(args.out, "output folder", inputs=[args.data, *args.model], folder=True)
+    if out.is_dir() and any(out.iterdir()) and not (out / "all_metrics.json").is_file():
+        raise InputError(f"output folder {out}: exists and is not an earlier evaluation (no all_metrics.json); "
+                         "it would be replaced, so choose a new folder")
+    detectors = [(name, Detector.load(m)) for name, m in zip(names, args.model)]
     sizes = {d.input_size for _, d in detectors}
     data = {s: (load_dataset(args.data, s, "test", progress=not args.quiet),
                 load_dataset(args.data, s, "train", progress=not args.quiet)) for s in sizes}
     results = []
-    for name, detector in detectors:
-        test, normals = data[detector.input_size]
-        results.append(evaluate(detector, test, Path(args.out) / name, name, normals, args.gallery,
-                                progress=not args.quiet))
-    write_comparison(results, args.out, note=f"Data: {args.data}")
+    with atomic_dir(out) as tmp:
+        for name, detector in detectors:
+            test, normals = data[detector.input_size]
+            results.append(evaluate(detector, test, tmp / name, name, normals, args.gallery, progress=not args.quiet))
+        write_comparison(results, tmp, note=f"Data: {args.data}")
     print(comparison_table(results)[0], end="")
-    print(f"results in {args.out}")
+    print(f"results in {out}")
     return 0
 
 
@@ -163,25 +213,27 @@ def cmd_export(args) -> int:
 
     from fabguard.anomaly.base import Detector
     from fabguard.anomaly.export import export_onnx, parity
+    from fabguard.outputs import atomic_path, check_output
 
     _seed(args)
+    out = check_output(args.out, "ONNX file", inputs=[args.model])
+    if args.tensorrt:
+        check_output(args.tensorrt, "TensorRT engine file", inputs=[args.model, args.out])
     detector = Detector.load(args.model)
-    path = export_onnx(detector, args.out, seed=args.seed)
     rng = np.random.default_rng(args.seed)
     check = rng.random((3, 3, detector.input_size, detector.input_size), dtype=np.float32)
-    diff = parity(detector, path, check)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); ONNX Runtime vs PyTorch on 3 random images: "
+    with atomic_path(out) as tmp:  # the file appears only if ONNX Runtime agrees with PyTorch
+        diff = parity(detector, export_onnx(detector, tmp, seed=args.seed), check)
+        worst = max(diff["max_abs_diff_score"], diff["max_abs_diff_heatmap"])
+        if worst > args.tolerance:
+            raise InputError(f"ONNX Runtime vs PyTorch difference {worst:.2e} exceeds --tolerance "
+                             f"{args.tolerance:g}; {out} not written")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); ONNX Runtime vs PyTorch on 3 random images: "
           f"max |score diff| {diff['max_abs_diff_score']:.2e}, max |heatmap diff| {diff['max_abs_diff_heatmap']:.2e}")
-    worst = max(diff["max_abs_diff_score"], diff["max_abs_diff_heatmap"])
-    if worst > args.tolerance:
-        path.unlink()
-        print(f"fabguard: error: difference {worst:.2e} exceeds --tolerance {args.tolerance:g}; export removed",
-              file=sys.stderr)
-        return 1
     if args.tensorrt:
         from fabguard.anomaly.tensorrt import build_engine
 
-        print(build_engine(path, args.tensorrt, fp16=not args.no_fp16))
+        print(build_engine(out, args.tensorrt, fp16=not args.no_fp16))
     return 0
 
 
@@ -189,10 +241,15 @@ def cmd_inspect(args) -> int:
     import numpy as np
 
     from fabguard.anomaly.images import list_images
-    from fabguard.anomaly.inspector import Inspector
-    from fabguard.outputs import atomic_path
+    from fabguard.anomaly.runtime import Inspector
+    from fabguard.outputs import atomic_path, check_output
 
     _seed(args)
+    for option in ("out", "heatmaps"):
+        if getattr(args, option):
+            check_output(getattr(args, option), f"--{option} file", inputs=[args.artifact, *args.images])
+    if args.out and args.heatmaps and Path(args.out).resolve() == Path(args.heatmaps).resolve():
+        raise InputError(f"--out and --heatmaps are the same file {args.out}")
     files = []
     for item in map(Path, args.images):
         files.extend(list_images(item) if item.is_dir() else [item])

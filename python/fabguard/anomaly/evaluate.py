@@ -22,6 +22,7 @@ from fabguard.anomaly.base import DECISIONS, Detector
 from fabguard.anomaly.images import ImageSet
 from fabguard.errors import InputError
 from fabguard.outputs import atomic_path
+from fabguard.params import POSITIVE_INT, check
 
 TARGET_FPR = 0.05
 METRICS = (("image_auroc", "image AUROC"), ("image_auprc", "AUPRC"), ("fnr_at_fpr5", "FNR@FPR5%"),
@@ -67,6 +68,7 @@ def metrics(test: ImageSet, scores: np.ndarray, heatmaps: np.ndarray, decisions:
 def evaluate(detector: Detector, test: ImageSet, out_dir: str | os.PathLike, name: str,
              normals: ImageSet | None = None, gallery_size: int = 6, progress: bool = False) -> dict:
     """Score ``test``, write metrics.json, scores.csv and the plots into ``out_dir``; return the metrics."""
+    check("gallery_size", gallery_size, POSITIVE_INT, owner="evaluate")
     out = Path(out_dir)
     start = time.perf_counter()
     scores, heatmaps = detector.score(test.images, progress=progress)
@@ -89,7 +91,7 @@ def evaluate(detector: Detector, test: ImageSet, out_dir: str | os.PathLike, nam
         refs = detector.reference(test.images[index], None if normals is None else normals.images)
         titles = [f"{test.defect_types[i]} {Path(test.paths[i]).name}: score {scores[i]:.4g}" for i in index]
         plots.gallery(test.images[index], refs, heatmaps[index], titles, out / f"gallery_{kind}.png", vmax,
-                      "nearest normal" if detector.kind == "patchcore" else "reconstruction",
+                      detector.reference_label,
                       None if test.masks is None else test.masks[index])
     if getattr(detector, "history_", None):
         plots.loss_curves(detector.history_, out / "loss_curves.png")

@@ -20,8 +20,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fabguard.errors import InputError
+from fabguard.params import POSITIVE_INT, check, check_memory
 
 EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+FORMATS = ("PNG", "TIFF", "JPEG", "BMP")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 NORMAL = "good"  # MVTec's name for the defect-free class
 
@@ -77,6 +79,7 @@ def resize(chw: np.ndarray, size: int) -> np.ndarray:
 
 def prepare(array: np.ndarray, size: int, where: str = "array") -> np.ndarray:
     """One image as a numpy array (any supported layout and pixel type) -> (3, size, size) float32 in [0, 1]."""
+    check("size", size, POSITIVE_INT, owner="image loading")
     return resize(to_rgb(to_unit_float(np.asarray(array), where), where), size)
 
 
@@ -93,6 +96,8 @@ def decode(source: str | os.PathLike | bytes, where: str | None = None) -> np.nd
         data = path.read_bytes()
     else:
         data = bytes(source)
+    if not data:
+        raise InputError(f"{where}: cannot decode image: empty (0 bytes)")
     if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return _decode_tiff(data, where)
     try:
@@ -103,7 +108,10 @@ def decode(source: str | os.PathLike | bytes, where: str | None = None) -> np.nd
             elif image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                 image = image.convert("RGB")
             return np.asarray(image)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:  # its message names PIL's in-memory buffer, not the file
+        raise InputError(f"{where}: cannot decode image: not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} file, "
+                         "or a damaged one") from None
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{where}: cannot decode image ({exc})") from None
 
 
@@ -123,17 +131,20 @@ def _decode_tiff(data: bytes, where: str) -> np.ndarray:
         raise InputError(f"{where}: cannot decode TIFF ({exc})") from None
 
 
-def load_image(source: str | os.PathLike | bytes, size: int) -> np.ndarray:
-    """One image file or raw encoded bytes -> (3, size, size) float32 in [0, 1]."""
-    where = "bytes" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+def load_image(source: str | os.PathLike | bytes, size: int, where: str | None = None) -> np.ndarray:
+    """One image file or raw encoded bytes -> (3, size, size) float32 in [0, 1]; ``where`` names it in
+    errors (default: the path, or "bytes")."""
+    where = where or ("bytes" if isinstance(source, (bytes, bytearray, memoryview)) else str(source))
     return prepare(decode(source, where), size, where)
 
 
 def load_images(sources: Sequence[str | os.PathLike | bytes], size: int) -> np.ndarray:
-    """Several images -> (N, 3, size, size) float32 batch."""
+    """Several images -> (N, 3, size, size) float32 batch; an error names the file, or the item number of
+    raw bytes."""
     if len(sources) == 0:
         raise InputError("no images given")
-    return np.stack([load_image(s, size) for s in sources])
+    return np.stack([load_image(s, size, f"bytes item {i}" if isinstance(s, (bytes, bytearray, memoryview))
+                                else None) for i, s in enumerate(sources)])
 
 
 def load_mask(path: Path, size: int) -> np.ndarray:
@@ -193,6 +204,27 @@ def load_dataset(root: str | os.PathLike, size: int, part: str = "train", progre
     from tqdm.auto import tqdm
 
     root = Path(root)
+    entries = dataset_entries(root, part)
+    check_memory(4.0 * len(entries) * (3 + (part == "test")) * size ** 2,
+                 f"{len(entries)} images of {root} at {size}x{size}", "use a smaller size")
+    images, masks = [], []
+    for path, kind, mask in tqdm(entries, desc=f"loading {root.name}/{part}", disable=not progress, leave=False):
+        images.append(load_image(path, size))
+        if part == "test":
+            masks.append(load_mask(mask, size) if mask is not None else np.zeros((size, size), bool))
+    return ImageSet(
+        images=np.stack(images),
+        paths=[str(p) for p, _, _ in entries],
+        labels=np.array([int(k != NORMAL) for _, k, _ in entries]),
+        defect_types=[k for _, k, _ in entries],
+        masks=np.stack(masks) if part == "test" else None,
+    )
+
+
+def dataset_entries(root: str | os.PathLike, part: str = "train") -> list[tuple[Path, str, Path | None]]:
+    """(image, defect type, mask or None) of every image of a dataset part, without reading any image:
+    what :func:`load_dataset` will load, so its size can be checked first."""
+    root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: no such dataset folder")
     if part not in ("train", "test"):
@@ -215,18 +247,7 @@ def load_dataset(root: str | os.PathLike, size: int, part: str = "train", progre
                     if not mask.is_file():
                         raise InputError(f"{path}: missing ground-truth mask {mask}")
                 entries.append((path, kind, mask))
-    images, masks = [], []
-    for path, kind, mask in tqdm(entries, desc=f"loading {root.name}/{part}", disable=not progress, leave=False):
-        images.append(load_image(path, size))
-        if part == "test":
-            masks.append(load_mask(mask, size) if mask is not None else np.zeros((size, size), bool))
-    return ImageSet(
-        images=np.stack(images),
-        paths=[str(p) for p, _, _ in entries],
-        labels=np.array([int(k != NORMAL) for _, k, _ in entries]),
-        defect_types=[k for _, k, _ in entries],
-        masks=np.stack(masks) if part == "test" else None,
-    )
+    return entries
 
 
 def check_batch(images: np.ndarray, size: int | None = None, where: str = "images") -> np.ndarray:

@@ -14,7 +14,9 @@ are saved inside every fitted model, so a saved model does not depend on that fi
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import io
 import math
 
@@ -24,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from fabguard.anomaly.base import Detector
-from fabguard.errors import InputError
+from fabguard.anomaly.base import CLIOption, Detector
+from fabguard.errors import InputError, InvalidParameterError
+from fabguard.params import NONE, Instance, Interval
 
 BACKBONE = "efficientnet-lite0"
 
@@ -44,13 +47,9 @@ class EfficientNetFeatures(nn.Module):
                 net = EfficientNet.from_pretrained(BACKBONE, weights_path=EfficientnetLite0ModelFile.get_model_file_path())
         else:
             net = EfficientNet.from_name(BACKBONE)
-        if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= len(net._blocks):
-            raise InputError(f"feature layers must be increasing block indices in 0..{len(net._blocks) - 1}, got {layers}")
         self.layers = tuple(layers)
         self.blocks = nn.ModuleList(net._blocks[: layers[-1] + 1])
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
-        # the package stores a block's stride as an int or a one-element list
-        self.stride = 2 * math.prod(int(np.ravel(b._block_args.stride)[0]) for b in self.blocks)
 
     def forward(self, x):
         outputs = []
@@ -154,10 +153,48 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int, progress: bool 
     return chosen
 
 
+@functools.lru_cache(maxsize=1)
+def block_shapes() -> tuple[tuple[int, int], ...]:
+    """(output channels, stride) of every efficientnet-lite0 block, read from the architecture (no weights;
+    the package stores a block's stride as an int or a one-element list)."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name(BACKBONE)
+    return tuple((b._bn2.num_features, int(np.ravel(b._block_args.stride)[0])) for b in net._blocks)
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """``--layers`` text "4,14" -> (4, 14)."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated block numbers, got {text!r}") from None
+
+
+def parse_crop(text: str) -> int | None:
+    """``--crop`` text -> crop size; 0 means no crop (None)."""
+    return int(text) or None
+
+
 class PatchCoreDetector(Detector):
     """PatchCore-style detector on efficientnet-lite0 features (blocks ``layers``), coreset memory bank."""
 
     kind = "patchcore"
+    reference_label = "nearest normal"
+    _parameter_constraints = {
+        **Detector._parameter_constraints,
+        "layers": [Instance((tuple, list))],
+        "crop_size": [NONE, Interval(int, 1, None)],
+        "pool": [Interval(int, 1, None)],
+        "coreset_ratio": [Interval(float, 0, 1, "right")],
+        "sigma": [Interval(float, 0, None)],
+        "batch_size": [Interval(int, 1, None)],
+    }
+    cli_options = {
+        "coreset_ratio": CLIOption("--coreset-ratio", float, "patchcore: memory bank share (default 0.1)"),
+        "crop_size": CLIOption("--crop", parse_crop, "patchcore: centre crop size, 0 = none (default 224)"),
+        "layers": CLIOption("--layers", parse_layers, "patchcore: backbone blocks (default 4,14)"),
+    }
 
     def __init__(self, layers: tuple[int, ...] = (4, 14), crop_size: int | None = 224, pool: int = 3,
                  coreset_ratio: float = 0.1, sigma: float = 4.0, batch_size: int = 16, input_size: int = 256,
@@ -175,14 +212,35 @@ class PatchCoreDetector(Detector):
         self.reject_quantile = reject_quantile
         self.seed = seed
 
-    def _scorer(self, bank_size: int, pretrained: bool) -> PatchCoreScorer:
+    def check_params(self):
+        """The common checks, then blocks of the backbone and a crop its stride divides."""
+        super().check_params()
+        shapes, layers = block_shapes(), list(self.layers)
+        if (not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers)
+                or layers != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= len(shapes)):
+            raise InvalidParameterError(f"the 'layers' parameter of PatchCoreDetector must be increasing "
+                                        f"feature layers, block indices in 0..{len(shapes) - 1}; got {self.layers!r}")
+        if self.pool % 2 == 0:
+            raise InvalidParameterError(f"the 'pool' parameter of PatchCoreDetector must be odd (a centred "
+                                        f"neighbourhood); got {self.pool!r}")
+        stride = 2 * math.prod(s for _, s in shapes[:layers[-1] + 1])
         crop = self.crop_size or self.input_size
-        if not 0.0 < self.coreset_ratio <= 1.0:
-            raise InputError(f"coreset ratio must be in (0, 1], got {self.coreset_ratio}")
-        features = EfficientNetFeatures(tuple(int(i) for i in self.layers), pretrained)
-        if crop > self.input_size or crop % features.stride:
-            raise InputError(f"crop size {crop} must be at most the input size {self.input_size} "
-                             f"and a multiple of {features.stride} (the feature stride)")
+        if crop > self.input_size or crop % stride:
+            raise InvalidParameterError(f"the 'crop_size' parameter of PatchCoreDetector: crop size {crop} must "
+                                        f"be at most the input size {self.input_size} and a multiple of {stride} "
+                                        "(the feature stride)")
+        return self
+
+    def _model_bytes(self, n_images):
+        """Every training patch's feature vector (the coreset runs over all of them), and its copies."""
+        crop = self.crop_size or self.input_size
+        dim = sum(block_shapes()[i][0] for i in self.layers)
+        first = 2 * math.prod(s for _, s in block_shapes()[:self.layers[0] + 1])
+        return 4.0 * 2 * n_images * (crop // first) ** 2 * dim + 4.0 * self.batch_size * 100 * crop ** 2
+
+    def _scorer(self, bank_size: int, pretrained: bool) -> PatchCoreScorer:
+        features = EfficientNetFeatures(tuple(self.layers), pretrained)
+        crop = self.crop_size or self.input_size
         return PatchCoreScorer(features, bank_size, self.input_size, crop, self.pool, self.sigma)
 
     def _fit(self, train, val, progress):

@@ -11,8 +11,9 @@ import torch
 from sklearn.decomposition import PCA
 from torch import nn
 
-from fabguard.anomaly.base import Detector, to_gray
+from fabguard.anomaly.base import CLIOption, Detector, to_gray
 from fabguard.errors import InputError
+from fabguard.params import Interval
 
 
 class PCAReconstruction(nn.Module):
@@ -37,6 +38,8 @@ class PCADetector(Detector):
     """PCA reconstruction error with ``n_components`` components (the case study tries 10, 50, 100, 200)."""
 
     kind = "pca"
+    _parameter_constraints = {**Detector._parameter_constraints, "n_components": [Interval(int, 1, None)]}
+    cli_options = {"n_components": CLIOption("--components", int, "pca: number of components (default 50)")}
 
     def __init__(self, n_components: int = 50, input_size: int = 256, val_fraction: float = 0.2,
                  review_quantile: float = 0.95, reject_quantile: float = 0.995, seed: int = 0):
@@ -47,8 +50,12 @@ class PCADetector(Detector):
         self.reject_quantile = reject_quantile
         self.seed = seed
 
+    def _model_bytes(self, n_images):
+        """Gray pixels and scikit-learn's SVD of them (float64 in the worst case)."""
+        return 8.0 * self.input_size ** 2 * (2 * n_images + self.n_components)
+
     def _fit(self, train, val, progress):
-        if not 1 <= self.n_components <= len(train):
+        if self.n_components > len(train):
             raise InputError(
                 f"PCA with {self.n_components} components needs at least that many training images; "
                 f"got {len(train)} after the validation split"

@@ -15,7 +15,8 @@ from PIL import Image
 
 from fabguard.anomaly.images import NORMAL, ImageSet
 from fabguard.errors import InputError
-from fabguard.outputs import atomic_path
+from fabguard.outputs import atomic_dir, atomic_path, check_output
+from fabguard.params import MAX_SEED, Interval, check, check_memory
 
 DEFECT_TYPES = ("scratch", "particle")
 
@@ -78,18 +79,27 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 def make_dataset(root: str | os.PathLike, size: int = 128, n_train: int = 60, n_test_good: int = 20,
                  n_test_defect: int = 10, seed: int = 0) -> Path:
-    """Write an MVTec-layout dataset of 8-bit grayscale PNGs: train/good, test/<type>, ground_truth/<type>."""
-    root = Path(root)
+    """Write an MVTec-layout dataset of 8-bit grayscale PNGs: train/good, test/<type>, ground_truth/<type>.
+
+    The folder appears whole or not at all (written beside it, then moved into place)."""
+    for name, value, low in (("size", size, 16), ("n_train", n_train, 1), ("n_test_good", n_test_good, 1),
+                             ("n_test_defect", n_test_defect, 1)):
+        check(name, value, Interval(int, low, None), owner="make_dataset")
+    check("seed", seed, Interval(int, 0, MAX_SEED - 1), owner="make_dataset")  # the test part uses seed + 1
+    root = check_output(root, "dataset folder", folder=True)
     if root.exists() and any(root.iterdir()):
         raise InputError(f"{root}: folder exists and is not empty")
+    n_images = n_train + n_test_good + n_test_defect * len(DEFECT_TYPES)
+    check_memory(8.0 * 5 * n_images * size ** 2, f"{n_images} synthetic images of {size}x{size}", "use a smaller size")
     train = synthetic_set(n_train, 0, size, seed)
     test = synthetic_set(n_test_good, n_test_defect * len(DEFECT_TYPES), size, seed + 1)
-    for i, image in enumerate(train.images):
-        _save_png(image[0], root / "train" / NORMAL / f"{i:03d}.png")
-    counters: dict[str, int] = {}
-    for image, mask, kind in zip(test.images, test.masks, test.defect_types):
-        n = counters[kind] = counters.get(kind, -1) + 1
-        _save_png(image[0], root / "test" / kind / f"{n:03d}.png")
-        if kind != NORMAL:
-            _save_png(mask.astype(np.float32), root / "ground_truth" / kind / f"{n:03d}_mask.png")
+    with atomic_dir(root) as tmp:
+        for i, image in enumerate(train.images):
+            _save_png(image[0], tmp / "train" / NORMAL / f"{i:03d}.png")
+        counters: dict[str, int] = {}
+        for image, mask, kind in zip(test.images, test.masks, test.defect_types):
+            n = counters[kind] = counters.get(kind, -1) + 1
+            _save_png(image[0], tmp / "test" / kind / f"{n:03d}.png")
+            if kind != NORMAL:
+                _save_png(mask.astype(np.float32), tmp / "ground_truth" / kind / f"{n:03d}_mask.png")
     return root

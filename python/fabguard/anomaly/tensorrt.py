@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fabguard.anomaly.inspector import read_metadata
+from fabguard.anomaly.runtime import Inspector
 from fabguard.errors import InputError
 from fabguard.outputs import atomic_path
 
@@ -25,7 +25,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, f
         import tensorrt as trt
     except ImportError:
         raise InputError("TensorRT is not installed: pip install 'fabguard[gpu]' on a machine with an NVIDIA GPU") from None
-    size = int(read_metadata(onnx_path)["input_size"])
+    size = Inspector.read(onnx_path)["input_size"]
     if not 1 <= batch[0] <= batch[1] <= batch[2]:
         raise InputError(f"batch profile must be min <= opt <= max, got {batch}")
     logger = trt.Logger(trt.Logger.WARNING)

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from fabguard.anomaly.augment import Augmentation
-from fabguard.anomaly.base import Detector, to_gray
-from fabguard.errors import InputError
+from fabguard.anomaly.augment import PRESETS, Augmentation
+from fabguard.anomaly.base import CLIOption, Detector, to_gray
+from fabguard.errors import InputError, InvalidParameterError
+from fabguard.params import Interval, Options
 
 CHANNELS = (32, 64, 128, 256)
 
@@ -107,6 +108,29 @@ class VAEDetector(Detector):
     early stopping on validation reconstruction loss, best checkpoint kept)."""
 
     kind = "vae"
+    _parameter_constraints = {
+        **Detector._parameter_constraints,
+        "latent_dim": [Interval(int, 1, None)],
+        "bottleneck_channels": [Interval(int, 1, None)],
+        "beta": [Interval(float, 0, None)],
+        "epochs": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 2, None)],  # BatchNorm needs two images
+        "lr": [Interval(float, 0, None, "neither")],
+        "lr_min": [Interval(float, 0, None)],
+        "weight_decay": [Interval(float, 0, None)],
+        "kl_anneal_epochs": [Interval(int, 0, None)],
+        "grad_clip": [Interval(float, 0, None, "neither")],
+        "patience": [Interval(int, 1, None)],
+        "augment": [Options(tuple(PRESETS))],
+    }
+    cli_options = {
+        "epochs": CLIOption("--epochs", int, "vae: maximum epochs (default 50)"),
+        "beta": CLIOption("--beta", float, "vae: KL weight after annealing (default 1)"),
+        "batch_size": CLIOption("--batch-size", int, "vae: batch size (default 32)"),
+        "patience": CLIOption("--patience", int, "vae: early-stopping patience in epochs (default 10)"),
+        "augment": CLIOption("--augment", str, "vae: training augmentation preset (default none; see "
+                             "docs/anomaly.md)", tuple(PRESETS)),
+    }
 
     def __init__(self, latent_dim: int = 128, bottleneck_channels: int = 32, beta: float = 1.0,
                  epochs: int = 50, batch_size: int = 32, lr: float = 1e-3, lr_min: float = 1e-5,
@@ -131,9 +155,22 @@ class VAEDetector(Detector):
         self.reject_quantile = reject_quantile
         self.seed = seed
 
-    def _new_module(self, state=None):
+    def check_params(self):
+        """The common checks, and an input size the four stride-2 blocks halve exactly."""
+        super().check_params()
         if self.input_size % 16 or self.input_size < 32:
-            raise InputError(f"VAE input size must be a multiple of 16 and at least 32, got {self.input_size}")
+            raise InvalidParameterError(f"the 'input_size' parameter of VAEDetector must be a multiple of 16 and "
+                                        f"at least 32 (four stride-2 blocks); got {self.input_size!r}")
+        return self
+
+    def _model_bytes(self, n_images):
+        """Activations kept for the backward pass (about 64 floats per pixel and image of a batch)."""
+        return 4.0 * self.input_size ** 2 * (64 * self.batch_size + n_images)
+
+    def describe_training(self):
+        return f"best epoch {self.best_epoch_} of {len(self.history_)}"
+
+    def _new_module(self, state=None):
         return ConvVAE(self.input_size, self.latent_dim, self.bottleneck_channels)
 
     def beta_at(self, epoch: int) -> float:
@@ -180,6 +217,8 @@ class VAEDetector(Detector):
                 raise InputError(f"VAE training diverged at epoch {epoch + 1} (loss {total}); lower the learning rate")
             if stopper.step(epoch + 1, val_recon, net):
                 break
+        if stopper.best_state is None:
+            raise InputError(f"VAE validation loss was never finite ({val_recon}); lower the learning rate")
         net.load_state_dict(stopper.best_state)
         self.best_epoch_ = stopper.best_epoch
         return net

@@ -31,6 +31,8 @@ def read_metadata(path: str | os.PathLike, artifact: str, required: Mapping[str,
     import onnx
 
     path = os.fspath(path)
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise ModelFileError(f"{path}: empty file (0 bytes), not an ONNX model")
     try:
         model = onnx.load(path, load_external_data=False)
     except FileNotFoundError:

@@ -74,17 +74,33 @@ def create_session(path: str | os.PathLike, providers: Sequence[str] | None = No
 class Runtime:
     """Base of the classes that serve exported artifacts (``anomaly.Inspector``, ``active.Router``):
     they open their graphs with :meth:`open` and run them with :meth:`run`, so every engine and the
-    service share one provider policy, one metadata check and one way to cut batches."""
+    service share one provider policy, one metadata check and one way to cut batches. Subclasses name
+    their ``artifact`` kind and ``required`` metadata keys, and may refine :meth:`check_metadata` (values)
+    and :meth:`profile` (the TensorRT shape profile of their input)."""
 
     artifact: str  # the kind of artifact this runtime serves (metadata "artifact")
     required: Mapping[str, type | tuple] = {}  # metadata keys it needs
 
+    @classmethod
+    def check_metadata(cls, path: Path, metadata: dict) -> dict:
+        """The metadata with its values checked (raise :class:`ModelFileError`); keys and types are checked."""
+        return metadata
+
+    @classmethod
+    def profile(cls, metadata: dict) -> Callable[[int], str] | None:
+        """``n -> "input:NxCxHxW"`` for the TensorRT profile, from the metadata; None: no fixed shape."""
+        return None
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> dict:
+        """The checked metadata of the artifact ``path``, without opening a session (no graph runs)."""
+        return cls.check_metadata(Path(path), read_metadata(path, cls.artifact, cls.required))
+
     def open(self, path: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None,
-             max_batch: int = 64, fp16: bool = False, cache_dir: str | os.PathLike | None = None,
-             shape: Callable[[int], str] | None = None):
+             max_batch: int = 64, fp16: bool = False, cache_dir: str | os.PathLike | None = None):
         """(metadata, session) of the artifact ``path``: metadata checked first, then the session."""
-        metadata = read_metadata(path, self.artifact, self.required)
-        return metadata, create_session(path, providers, threads, max_batch, fp16, cache_dir, shape)
+        metadata = self.read(path)
+        return metadata, create_session(path, providers, threads, max_batch, fp16, cache_dir, self.profile(metadata))
 
     @staticmethod
     def run(session, inputs: np.ndarray, max_batch: int) -> list[np.ndarray]:
