@@ -96,3 +96,34 @@ def test_read_only_folder_is_refused(read_only_dir):
         check_output(read_only_dir / "report.json", "--json")
     with pytest.raises(InputError, match="no permission to write"):
         check_output(read_only_dir / "new" / "model", "--out", folder=True)
+
+
+def test_devices_pipes_and_model_folders_are_never_overwritten(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="is a pipe; expected a file path"):
+        check_output(fifo, "--json")
+    with pytest.raises(InputError, match="is a pipe"):
+        with atomic_path(fifo) as tmp:
+            tmp.write_text("x")
+    assert fifo.is_fifo()
+    with pytest.raises(InputError, match="is a device; expected a file path"):
+        check_output("/dev/null", "--csv")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "manifest.json").write_text("{}")
+    with pytest.raises(InputError, match="lies inside the input folder"):
+        check_output(model / "manifest.json", "--out", inputs=[model])
+    with pytest.raises(InputError, match="is the input folder"):
+        check_output(model, "--out", inputs=[model], folder=True)
+    assert (model / "manifest.json").read_text() == "{}"
+
+
+def test_writing_through_a_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    with atomic_path(link) as tmp:
+        tmp.write_text("new")
+    assert link.is_symlink() and link.read_text() == "new" and target.read_text() == "new"
