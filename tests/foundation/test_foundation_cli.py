@@ -28,8 +28,8 @@ def test_refusals_end_in_one_error_line_and_exit_2(capsys, argv, message):
     assert "Traceback" not in err
 
 
-STARTED = ("import sys; sys.stderr.write('started\\n'); sys.stderr.flush(); sys.argv[0] = 'fabguard'; "
-           "from fabguard.__main__ import main; raise SystemExit(main())")
+STARTED = ("import sys; from fabguard.__main__ import main; sys.stderr.write('started\\n'); sys.stderr.flush(); "
+           "sys.argv[0] = 'fabguard'; raise SystemExit(main())")  # what the console script runs
 
 
 @pytest.mark.parametrize("argv, delay", [
@@ -38,10 +38,10 @@ STARTED = ("import sys; sys.stderr.write('started\\n'); sys.stderr.flush(); sys.
     (["active", "--help"], 0.05),
 ])
 def test_ctrl_c_in_the_first_second_prints_no_traceback(argv, delay):
-    """A real SIGINT ``delay`` seconds after the interpreter has started running the command (what the
-    console script runs), while its modules are still importing or the demo detection runs. Not covered:
-    the interpreter's own start-up and its import of the ``fabguard`` package itself (tens of ms), where
-    Python's default handler still applies."""
+    """A real SIGINT ``delay`` seconds after the entry point was imported, while the command's modules are
+    still importing or the demo detection runs. Not covered: the interpreter's own start-up and its import
+    of the two-line ``fabguard`` package and entry module (tens of ms), where Python's default handler
+    still applies."""
     proc = subprocess.Popen([sys.executable, "-c", STARTED, *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stderr.readline() == "started\n"
