@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
 
 AREAS = {
     "yield": ("fabguard.machine_yield.cli", "find low-yield machines from batch production records"),
     "anomaly": ("fabguard.anomaly.cli", "unsupervised visual anomaly detection"),
     "active": ("fabguard.active.cli", "active inspection with knowledge distillation"),
+    "serve": ("fabguard.serve.cli", "run the inspection service (HTTP API)"),
+    "models": ("fabguard.serve.models_cli", "the inspection service's model registry"),
 }
+SINGLE = {"serve"}  # areas that are one command: their register() gets the area's parser itself
 
 
 class Parser(argparse.ArgumentParser):
@@ -65,13 +71,18 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in AREAS.items():
         area = areas.add_parser(name, help=help_text, description=help_text)
-        if name == chosen:
+        if name == chosen and name in SINGLE:
+            importlib.import_module(module).register(area)
+        elif name == chosen:
             commands = area.add_subparsers(dest="command", metavar="COMMAND", required=True)
             importlib.import_module(module).register(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # from here on Ctrl-C raises KeyboardInterrupt, so that half-written outputs are removed on the way out
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         from fabguard.errors import InputError
 
@@ -80,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except InputError as exc:
         return _fail(str(exc))
+    except BrokenPipeError:  # the reader went away (`fabguard ... | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # a file that vanished or became unreadable / unwritable after the checks
         if exc.filename is None:
             raise

@@ -1,0 +1,391 @@
+"""Reliability and speed of ``fabguard serve`` on loopback, each server a separate process:
+
+    python bench/serve/bench_serve.py                 # the issue's setting: 50 clients x 60 s per mode
+    python bench/serve/bench_serve.py --seconds 10 --clients 20   # a quick run
+
+1. load: ``--clients`` concurrent clients for ``--seconds`` with dynamic batching (max batch 16, max wait
+   2 ms) and without (max batch 1): requests, errors, throughput, p50 / p99; in the batched run the model
+   is promoted at 1/3 and rolled back at 2/3 of the time (failed requests and rollback time counted);
+2. kill -9 during load, restart: every inspection answered 200 is in the log; SQLite integrity check;
+3. PostgreSQL stopped during load (when its server binaries are installed): how inspections fail
+   (status, time to answer) and when the service answers 200 again by itself;
+4. latency at concurrency 1, the case study's budget table: per-stage times measured in process
+   (decode, resize, ONNX Runtime, score + decision, heatmap PNG, JSON serialisation, log commit) and
+   HTTP end-to-end; HTTP p99 against inference p99.
+
+Images: synthetic 256 x 256 wafers (seeded). Model: the bundled default (PCA) and, for the switch, a second
+PCA model fitted with seed 3. Writes bench/results/serve/serve.md and serve.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "results" / "serve"
+TOKEN = "bench-token"
+
+
+def images(n: int = 16) -> list[bytes]:
+    from fabguard.anomaly.synthetic import synthetic_set
+
+    out = []
+    for im in synthetic_set(n // 2, n - n // 2, 256, seed=7).images:
+        buffer = io.BytesIO()
+        Image.fromarray(np.round(im[0] * 255).astype(np.uint8)).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, home: Path, env: dict | None = None, db: str | None = None):
+        self.home, self.port, self.db = home, free_port(), db
+        self.env = {**os.environ, "FABGUARD_TOKEN": TOKEN, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Server":
+        command = [sys.executable, "-m", "fabguard", "serve", "--port", str(self.port), "--home", str(self.home)]
+        self.proc = subprocess.Popen(command + (["--db", self.db] if self.db else []), env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited at start")
+            time.sleep(0.2)
+        raise RuntimeError("server not ready in 180 s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+
+async def load(url: str, clients: int, seconds: float, bodies: list[bytes], events=()) -> dict:
+    """``clients`` loops posting images for ``seconds``; ``events``: (at seconds, coroutine function)."""
+    latencies, statuses, ids, versions, event_log = [], [], [], [], {}
+    end = time.perf_counter() + seconds
+
+    async def client(i: int, http: httpx.AsyncClient):
+        n = 0
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            try:
+                r = await http.post("/api/v1/inspect", params={"wafer_id": f"WF-{i}", "inspection_point": n},
+                                    content=bodies[(i + n) % len(bodies)])
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    body = r.json()
+                    ids.append(body["inspection_id"])
+                    versions.append(body["model_version"])
+            except httpx.HTTPError as exc:
+                statuses.append(type(exc).__name__)
+            latencies.append(time.perf_counter() - start)
+            n += 1
+
+    async def run_event(at, name, action):
+        await asyncio.sleep(at)
+        event_log[name] = await action()
+
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i, http) for i in range(clients)),
+                             *(run_event(at, name, action) for at, name, action in events))
+        wall = time.perf_counter() - started
+    lat = np.array(latencies) * 1e3
+    ok = sum(1 for s in statuses if s == 200)
+    return {"requests": len(statuses), "ok": ok, "errors": len(statuses) - ok,
+            "error_kinds": sorted({str(s) for s in statuses if s != 200}), "seconds": wall,
+            "throughput_per_s": ok / wall, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "ids": ids, "versions": sorted(set(versions)),
+            "events": event_log}
+
+
+def second_model(folder: Path) -> tuple[Path, dict]:
+    from fabguard.anomaly.export import export_onnx
+    from fabguard.anomaly.pca import PCADetector
+    from fabguard.anomaly.synthetic import synthetic_set
+
+    detector = PCADetector(n_components=8, input_size=32, seed=3).fit(synthetic_set(120, 0, 32, seed=3).images)
+    return export_onnx(detector, folder / "second.onnx"), {"auroc": 0.99, "auprc": 0.97, "fnr_at_fpr5": 0.0,
+                                                             "latency_ms_p50": 0.3}
+
+
+def phase_load(args, bodies, work: Path) -> dict:
+    from fabguard.client import Client
+
+    artifact, report = second_model(work)
+    results = {}
+    for mode, env in (("batching", {"FABGUARD_MAX_BATCH": "16", "FABGUARD_MAX_WAIT_MS": "2"}),
+                      ("no batching", {"FABGUARD_MAX_BATCH": "1", "FABGUARD_MAX_WAIT_MS": "0"})):
+        server = Server(work / mode.replace(" ", "_"), env).start()
+        try:
+            events = ()
+            if mode == "batching":
+                admin = Client(server.url, token=TOKEN, timeout=60)
+                admin.register(artifact, "pca-small-v0.1.0", report)
+
+                async def promote():
+                    start = time.perf_counter()
+                    await asyncio.to_thread(admin.promote, "pca-small-v0.1.0")
+                    return time.perf_counter() - start
+
+                async def rollback():
+                    start = time.perf_counter()
+                    await asyncio.to_thread(admin.rollback)
+                    return time.perf_counter() - start
+                events = ((args.seconds / 3, "promote_s", promote), (2 * args.seconds / 3, "rollback_s", rollback))
+            result = asyncio.run(load(server.url, args.clients, args.seconds, bodies, events))
+            metrics = httpx.get(server.url + "/metrics").text
+            sizes = [line for line in metrics.splitlines() if line.startswith("fabguard_batch_size_")]
+            result["batch_size_mean"] = (float(next(s.split()[-1] for s in sizes if s.startswith("fabguard_batch_size_sum")))
+                                         / float(next(s.split()[-1] for s in sizes if s.startswith("fabguard_batch_size_count"))))
+            result.pop("ids")
+            results[mode] = result
+        finally:
+            server.stop()
+    return results
+
+
+def phase_kill(args, bodies, work: Path) -> dict:
+    home = work / "kill"
+    server = Server(home).start()
+
+    async def killer():
+        await asyncio.sleep(args.kill_after)
+        server.proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(server.proc.wait)
+        return True
+
+    result = asyncio.run(load(server.url, args.clients, args.kill_after + 2, bodies, ((0, "kill", killer),)))
+    with sqlite3.connect(home / "fabguard.db") as c:
+        integrity = c.execute("PRAGMA integrity_check").fetchone()[0]
+        logged = {r[0] for r in c.execute("SELECT id FROM inspections")}
+    missing = len(set(result["ids"]) - logged)
+    restarted = Server(home, db=None)
+    restarted.port, restarted.url = server.port, server.url
+    start = time.perf_counter()
+    restarted.start()
+    restart_s = time.perf_counter() - start
+    after = httpx.post(server.url + "/api/v1/inspect", params={"wafer_id": "WF-after", "inspection_point": 0},
+                       content=bodies[0], timeout=30).status_code
+    restarted.stop()
+    return {"answered_200": len(result["ids"]), "logged": len(logged), "answered_but_missing": missing,
+            "integrity_check": integrity, "restart_to_ready_s": restart_s, "status_after_restart": after}
+
+
+def phase_outage(args, bodies, work: Path) -> dict | None:
+    from tests.serve.pg import Cluster, binaries
+
+    if binaries() is None:
+        return None
+    cluster = Cluster(free_port()).init()
+    try:
+        server = Server(work / "pg", db=cluster.url).start()
+        timeline = []
+
+        async def run():
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+                async def one(i, n):
+                    start = time.perf_counter()
+                    r = await http.post("/api/v1/inspect", params={"wafer_id": f"WF-{i}", "inspection_point": n},
+                                        content=bodies[n % len(bodies)])
+                    timeline.append((start, r.status_code, time.perf_counter() - start))
+
+                async def client(i):
+                    n = 0
+                    while time.perf_counter() < end:
+                        await one(i, n)
+                        n += 1
+
+                async def outage():
+                    await asyncio.sleep(args.outage_at)
+                    await asyncio.to_thread(cluster.stop)
+                    marks["stop"] = time.perf_counter()  # pg_ctl -w returned: the server is down
+                    await asyncio.sleep(args.outage_for)
+                    marks["restart"] = time.perf_counter()
+                    await asyncio.to_thread(cluster.start)
+                    marks["start"] = time.perf_counter()
+
+                await asyncio.gather(*(client(i) for i in range(args.outage_clients)), outage())
+        marks = {}
+        end = time.perf_counter() + args.outage_at + args.outage_for + 8
+        asyncio.run(run())
+        server.stop()
+    finally:
+        cluster.remove()
+    during = [(s, c, d) for s, c, d in timeline if marks["stop"] < s < marks["restart"]]
+    after_ok = [s for s, c, _ in timeline if s > marks["start"] and c == 200]
+    return {"clients": args.outage_clients, "outage_s": args.outage_for,
+            "statuses_during": {str(k): sum(1 for _, c, _ in during if c == k) for k in sorted({c for _, c, _ in during})},
+            "restart_s": marks["start"] - marks["restart"],
+            "requests_during": len(during),
+            "answer_ms_during_p50": float(np.median([d for *_, d in during]) * 1e3) if during else None,
+            "answer_ms_during_max": float(max(d for *_, d in during) * 1e3) if during else None,
+            "first_200_after_db_back_s": (min(after_ok) - marks["start"]) if after_ok else None,
+            "non_200_after_recovery": sum(1 for s, c, _ in timeline if after_ok and s > min(after_ok) and c != 200)}
+
+
+def phase_latency(args, bodies, work: Path) -> dict:
+    """Per-stage times in process, and HTTP at concurrency 1."""
+    from fabguard.serve import images as serve_images
+    from fabguard.serve.config import load_settings
+    from fabguard.serve.app import start
+    from fabguard.serve.engine import score_batch
+    from fabguard.serve.schemas import InspectionResult
+
+    service = start(load_settings(home=work / "latency", token=TOKEN, threads=1))
+    model = service.registry.serving
+    stages = {k: [] for k in ("decode", "preprocess", "model", "score_decision", "heatmap", "serialisation", "log")}
+    for i in range(args.latency_n):
+        body = bodies[i % len(bodies)]
+        t0 = time.perf_counter()
+        pixels = serve_images.decode(body, 2**24)
+        t1 = time.perf_counter()
+        [result] = score_batch(model, [pixels])
+        t2 = time.perf_counter()
+        png = serve_images.overlay_png(result.pixels, result.heatmap)
+        t3 = time.perf_counter()
+        answer = InspectionResult(wafer_id="WF-1", inspection_point=1, anomaly_score=result.score,
+                                  decision=result.decision, confidence=result.confidence, heatmap_url="/x.png",
+                                  latent_vector=result.latent, model_version=result.version,
+                                  inference_time_ms=result.inference_ms, inspection_id="0" * 32).model_dump_json()
+        t4 = time.perf_counter()
+        stages["decode"].append((t1 - t0) * 1e3)
+        stages["preprocess"].append(result.preprocess_ms)
+        stages["model"].append(result.inference_ms)
+        stages["score_decision"].append(result.decide_ms)
+        stages["heatmap"].append((t3 - t2) * 1e3)
+        stages["serialisation"].append((t4 - t3) * 1e3)
+        assert png and answer
+    service.engine.dispose()
+    server = Server(work / "latency_http", {"FABGUARD_THREADS": "1"}).start()
+    http_ms, inference_ms = [], []
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for i in range(args.latency_n):
+            start = time.perf_counter()
+            r = http.post("/api/v1/inspect", params={"wafer_id": "WF-1", "inspection_point": i},
+                          content=bodies[i % len(bodies)])
+            http_ms.append((time.perf_counter() - start) * 1e3)
+            inference_ms.append(r.json()["inference_time_ms"])
+        log = [line for line in http.get("/metrics").text.splitlines() if line.startswith("fabguard_log_write_seconds_")]
+    server.stop()
+    total = float(next(x.split()[-1] for x in log if "_sum" in x))
+    count = float(next(x.split()[-1] for x in log if "_count" in x))
+    pct = lambda v, q: float(np.percentile(v, q))  # noqa: E731
+    return {"model": model.version, "n": args.latency_n,
+            "stages_ms": {k: {"p50": pct(v, 50), "p99": pct(v, 99)} for k, v in stages.items() if v},
+            "log_commit_ms_mean": total / count * 1e3,
+            "http_ms": {"p50": pct(http_ms, 50), "p99": pct(http_ms, 99)},
+            "inference_ms": {"p50": pct(inference_ms, 50), "p99": pct(inference_ms, 99)}}
+
+
+def write(results: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "serve.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [f"# fabguard serve bench ({results['machine']})", "", f"Command: `{results['command']}`", ""]
+    load_ = results["load"]
+    lines += ["## Load on loopback", "", f"{results['args']['clients']} clients x {results['args']['seconds']} s, "
+              "synthetic 256 x 256 PNGs, bundled PCA model; server and clients share the machine.", "",
+              "| mode | requests | errors | throughput /s | p50 ms | p99 ms | mean batch |", "|---|---|---|---|---|---|---|"]
+    for mode, r in load_.items():
+        lines.append(f"| {mode} | {r['requests']} | {r['errors']} | {r['throughput_per_s']:.1f} | {r['p50_ms']:.1f} | "
+                     f"{r['p99_ms']:.1f} | {r['batch_size_mean']:.2f} |")
+    ev = load_["batching"]["events"]
+    lines += ["", f"Promote at 1/3 and rollback at 2/3 of the batching run: versions answered "
+              f"{load_['batching']['versions']}; promote took {ev.get('promote_s', float('nan')):.3f} s, rollback "
+              f"{ev.get('rollback_s', float('nan')):.3f} s (HTTP call, model already loaded).", ""]
+    k = results["kill"]
+    lines += ["## kill -9 during load", "", f"Answered 200: {k['answered_200']}; in the log: {k['logged']}; answered "
+              f"but missing from the log: {k['answered_but_missing']}; SQLite integrity_check: {k['integrity_check']}; "
+              f"restart to ready: {k['restart_to_ready_s']:.1f} s; first inspection after restart: "
+              f"HTTP {k['status_after_restart']}.", ""]
+    o = results.get("outage")
+    if o:
+        lines += ["## PostgreSQL stopped during load", "",
+                  f"{o['clients']} clients; PostgreSQL stopped (immediate) for {o['outage_s']} s. Requests started while it was "
+                  "down (from `pg_ctl stop` returning to `pg_ctl start` beginning): "
+                  f"{o['requests_during']} requests, answered (status: count) {o['statuses_during']}, median {o['answer_ms_during_p50']:.1f} "
+                  f"ms, max {o['answer_ms_during_max']:.1f} ms. `pg_ctl start` took {o['restart_s']:.1f} s; first 200 "
+                  f"{o['first_200_after_db_back_s']:.2f} s after it returned, without restarting the service; non-200 after that: "
+                  f"{o['non_200_after_recovery']}.", ""]
+    lat = results["latency"]
+    s = lat["stages_ms"]
+    lines += ["## Latency budget at concurrency 1 (this CPU, ONNX Runtime 1 thread)", "",
+              f"Model {lat['model']}, {lat['n']} images, per-stage p50 / p99 in ms measured in process.", "",
+              "| component | case-study budget | measured p50 | measured p99 |", "|---|---|---|---|"]
+    for name, budget, key in (("Image transfer + HTTP (end-to-end minus in-process stages)", "5 ms", None),
+                              ("Decode (PNG/TIFF -> float)", "(in preprocessing)", "decode"),
+                              ("Preprocessing (resize)", "2 ms", "preprocess"),
+                              ("Model forward (ONNX Runtime)", "8 ms", "model"),
+                              ("Anomaly score + decision + confidence + embedding", "1 ms + < 1 ms", "score_decision"),
+                              ("Heatmap PNG (after the answer)", "2 ms (async)", "heatmap"),
+                              ("Response serialisation", "< 1 ms", "serialisation")):
+        if key:
+            lines.append(f"| {name} | {budget} | {s[key]['p50']:.3f} | {s[key]['p99']:.3f} |")
+        else:
+            inner = sum(s[k]["p50"] for k in ("decode", "preprocess", "model", "score_decision", "serialisation"))
+            lines.append(f"| {name} | {budget} | {lat['http_ms']['p50'] - inner - lat['log_commit_ms_mean']:.3f} | |")
+    lines += [f"| Log commit (mean, from /metrics) | - | {lat['log_commit_ms_mean']:.3f} | |",
+              f"| **HTTP end-to-end** | ~20 ms | {lat['http_ms']['p50']:.3f} | {lat['http_ms']['p99']:.3f} |", "",
+              f"Inference p99 (ONNX call, from the answers) {lat['inference_ms']['p99']:.3f} ms; HTTP p99 "
+              f"{lat['http_ms']['p99']:.3f} ms: difference {lat['http_ms']['p99'] - lat['inference_ms']['p99']:.3f} ms "
+              f"(target <= 5 ms).", ""]
+    (OUT / "serve.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--kill-after", type=float, default=5)
+    parser.add_argument("--outage-clients", type=int, default=10)
+    parser.add_argument("--outage-at", type=float, default=3)
+    parser.add_argument("--outage-for", type=float, default=5)
+    parser.add_argument("--latency-n", type=int, default=300)
+    args = parser.parse_args()
+    bodies = images()
+    with tempfile.TemporaryDirectory(prefix="fabguard-bench-") as folder:
+        work = Path(folder)
+        results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                   "command": "python bench/serve/bench_serve.py " + " ".join(sys.argv[1:]), "args": vars(args)}
+        results["latency"] = phase_latency(args, bodies, work)
+        results["load"] = phase_load(args, bodies, work)
+        results["kill"] = phase_kill(args, bodies, work)
+        results["outage"] = phase_outage(args, bodies, work)
+    write(results)
+    print((OUT / "serve.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

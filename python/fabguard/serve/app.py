@@ -1,0 +1,195 @@
+"""The FastAPI app: ``create_app(settings)`` and the lifespan that opens the database, migrates it, loads
+the serving model and starts the batcher and the replica sync."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fabguard.errors import InputError, ModelFileError
+from fabguard.serve import db
+from fabguard.serve.config import Settings
+from fabguard.serve.engine import Batcher, NotReady
+from fabguard.serve.images import TooManyPixels, UnsupportedImage
+from fabguard.serve.metrics import Metrics
+from fabguard.serve.registry import Conflict, NotFound, Registry
+
+log = logging.getLogger("fabguard.serve")
+STATUS = ((NotFound, 404), (Conflict, 409), (UnsupportedImage, 415), (TooManyPixels, 413), (ModelFileError, 422),
+          (InputError, 422))
+
+
+@dataclass
+class Service:
+    """What the routers reach through :func:`fabguard.serve.dependencies.get_service`."""
+
+    settings: Settings
+    engine: sa.Engine
+    registry: Registry
+    metrics: Metrics
+    batcher: Batcher
+    tasks: list = field(default_factory=list)
+    router: object | None = None  # fabguard.active.Router, when router_dir is set
+    yield_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="fabguard-yield"))
+
+
+def write_token(settings: Settings) -> str:
+    """The bearer token: from the settings, else ``home/token`` (made with 32 random bytes, mode 0600)."""
+    if settings.token:
+        return settings.token
+    path = settings.home / "token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+        log.warning("no token configured: wrote a new one to %s", path)
+    return path.read_text().strip()
+
+
+def start(settings: Settings) -> Service:
+    """Open, migrate and fill the registry (blocking: runs before the app takes requests)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    for sub in ("images", "heatmaps", "yield"):
+        (settings.home / sub).mkdir(exist_ok=True)
+    settings.token = write_token(settings)
+    engine = db.create_engine(settings.db_url)
+    db.migrate(engine)
+    registry = Registry(engine, settings)
+    registry.ensure_default()
+    registry.sync()
+    metrics = Metrics(settings.max_batch)
+    service = Service(settings, engine, registry, metrics,
+                      Batcher(registry, metrics, settings.max_batch, settings.max_wait_ms))
+    if settings.router_dir is not None:
+        from fabguard.active.router import Router
+
+        service.router = Router.load(settings.router_dir)
+    return service
+
+
+async def follow_promotions(service: Service) -> None:
+    """Re-read the promoted version every ``sync_seconds`` (other replicas, the CLI); a database outage is
+    logged and retried, never fatal."""
+    while True:
+        await asyncio.sleep(service.settings.sync_seconds)
+        try:
+            await run_in_threadpool(service.registry.sync)
+        except (sa.exc.DBAPIError, InputError) as exc:
+            log.warning("cannot follow promotions: %s", str(exc).splitlines()[0])
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    service = await run_in_threadpool(start, app.state.settings)
+    app.state.service = service
+    service.batcher.start()
+    service.tasks.append(asyncio.get_running_loop().create_task(follow_promotions(service)))
+    try:
+        yield
+    finally:
+        for task in service.tasks:
+            task.cancel()
+        await service.batcher.stop()
+        await run_in_threadpool(service.yield_executor.shutdown, True, cancel_futures=True)
+        service.engine.dispose()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    from fabguard import __version__
+    from fabguard.serve.routers import active, anomaly, health, machine_yield, metrics, models
+
+    app = FastAPI(title="fabguard inspection service", version=__version__, lifespan=lifespan,
+                  description="Line-side wafer image inspection: score, decide PASS / REVIEW / REJECT, log.")
+    app.state.settings = settings
+    for router in (anomaly.router, models.router, active.router, machine_yield.router):
+        app.include_router(router, prefix="/api/v1")
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    _errors(app)
+    app.add_middleware(Measure)
+    return app
+
+
+def _problem(status: int, detail, headers=None) -> JSONResponse:
+    return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=status, headers=headers)
+
+
+def _errors(app: FastAPI) -> None:
+    """Every refusal as a 4xx JSON body naming what is wrong; a database outage as 503."""
+
+    @app.exception_handler(InputError)
+    async def input_error(_request, exc: InputError):
+        return _problem(next(code for kind, code in STATUS if isinstance(exc, kind)), str(exc))
+
+    @app.exception_handler(NotReady)
+    async def not_ready(_request, exc: NotReady):
+        return _problem(503, str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(sa.exc.DBAPIError)
+    async def database_down(request: Request, exc: sa.exc.DBAPIError):
+        if hasattr(request.app.state, "service"):
+            request.app.state.service.metrics.log_errors.inc()
+        log.warning("database unavailable: %s", str(exc.orig).splitlines()[0] if exc.orig else exc)
+        return _problem(503, "the inspection log database is unavailable; retry shortly", {"Retry-After": "1"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, exc: RequestValidationError):
+        return _problem(422, exc.errors())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, exc: StarletteHTTPException):
+        return _problem(exc.status_code, exc.detail, getattr(exc, "headers", None))
+
+
+class Measure:
+    """ASGI middleware: request latency by route template and status, and requests in flight (plain
+    ASGI: no per-request task, unlike ``@app.middleware``)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        service = getattr(scope.get("app") and scope["app"].state, "service", None)
+        if scope["type"] != "http" or service is None:
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def tap(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        service.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, tap)
+        finally:
+            service.metrics.in_flight.dec()
+            service.metrics.request.labels(scope["method"], template(scope), str(status[0])).observe(
+                time.perf_counter() - start)
+
+
+def template(scope) -> str:
+    """The matched route's path template with its router prefix (``/api/v1/inspections/{inspection_id}``):
+    a label of bounded cardinality. FastAPI keeps included routers' routes unprefixed in the scope, so the
+    prefix is what the request path has before the route's own part."""
+    route = scope.get("route")
+    if route is None:
+        return "unmatched"
+    concrete = route.path.format(**scope.get("path_params", {}))
+    return scope["path"][: len(scope["path"]) - len(concrete)] + route.path if scope["path"].endswith(concrete) \
+        else route.path

@@ -1,0 +1,41 @@
+"""``fabguard serve``: start the service with uvicorn. FastAPI and uvicorn are imported when it runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fabguard.cli import typed
+from fabguard.params import Interval
+
+
+def add_state_args(parser: argparse.ArgumentParser) -> None:
+    """``--home``, ``--db`` and ``--config``: where the registry and the log live (serve and models)."""
+    parser.add_argument("--home", type=Path, help="state folder (default: $FABGUARD_HOME, else the user "
+                                                  "data folder)")
+    parser.add_argument("--db", help="database URL (default: SQLite in the state folder; e.g. "
+                                     "postgresql://user@host/fabguard)")
+    parser.add_argument("--config", type=Path, help="TOML file of settings (names as in docs/serve.md)")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=typed(int, Interval(int, 1, 65535)), default=8000)
+    add_state_args(parser)
+    parser.add_argument("--token-file", type=Path, help="file holding the bearer token of the write endpoints "
+                                                        "(default: $FABGUARD_TOKEN, else home/token)")
+    parser.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from fabguard.serve.app import create_app
+    from fabguard.serve.config import load_settings
+
+    settings = load_settings(args.config, home=args.home, db=args.db, token_file=args.token_file)
+    # keep-alive longer than clients' and load balancers' idle timeouts (60 s is common): otherwise the
+    # server may close a connection just as a client reuses it, and that request fails with a read error
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False,
+                timeout_keep_alive=75, timeout_graceful_shutdown=10)
+    return 0

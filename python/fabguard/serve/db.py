@@ -1,0 +1,100 @@
+"""The inspection log and the model registry as SQLAlchemy Core tables (schema owned by Alembic).
+
+SQLite (the default) runs in WAL mode with ``synchronous=NORMAL``: a committed inspection survives a
+killed process (kill -9), and readers never block the writer. PostgreSQL (``postgresql://...``) lets
+several replicas share one log and one registry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+models = sa.Table(
+    "models", metadata,
+    sa.Column("version", sa.String(80), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("report", sa.JSON, nullable=False),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+artifacts = sa.Table(  # the ONNX bytes themselves, so replicas on other hosts load exactly what was registered
+    "artifacts", metadata,
+    sa.Column("version", sa.String(80), sa.ForeignKey("models.version"), primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+promotions = sa.Table(  # append-only: the serving version is the newest row; rollback appends the one before
+    "promotions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("version", sa.String(80), sa.ForeignKey("models.version"), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+inspections = sa.Table(
+    "inspections", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("wafer_id", sa.String(64), nullable=False, index=True),
+    sa.Column("inspection_point", sa.Integer, nullable=False),
+    sa.Column("model_version", sa.String(80), nullable=False),
+    sa.Column("anomaly_score", sa.Float, nullable=False),
+    sa.Column("decision", sa.String(8), nullable=False, index=True),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("inference_time_ms", sa.Float, nullable=False),
+    sa.Column("image_ref", sa.String(256)),
+    sa.Column("heatmap_ref", sa.String(256), nullable=False),
+)
+
+yield_jobs = sa.Table(
+    "yield_jobs", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.String(8), nullable=False),  # queued, running, done, failed
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("report", sa.JSON),
+    sa.Column("error", sa.Text),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys on every connection."""
+    if not url.startswith("sqlite"):
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                                connect_args={"connect_timeout": 3} if "psycopg" in url else {})
+    engine = sa.create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(connection, _record):
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+def migrate(engine: sa.Engine) -> None:
+    """Bring the schema to the newest Alembic revision (idempotent; safe on every start)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # replicas starting together migrate one at a time
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(7243920001)"))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")

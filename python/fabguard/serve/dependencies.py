@@ -1,0 +1,69 @@
+"""Shared dependencies: the service, its settings, the bearer token, the size-limited request body."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from fabguard.serve.app import Service
+from fabguard.serve.config import Settings
+
+IMAGE_TYPES = ("application/octet-stream", "image/png", "image/tiff")
+bearer = HTTPBearer(auto_error=False, description="the service token (--token-file or FABGUARD_TOKEN)")
+
+
+def get_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def get_settings(service: Annotated[Service, Depends(get_service)]) -> Settings:
+    return service.settings
+
+
+def _check_token(credentials: HTTPAuthorizationCredentials | None, settings: Settings) -> None:
+    if credentials is None:
+        raise HTTPException(401, "a bearer token is required (Authorization: Bearer <token>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not secrets.compare_digest(credentials.credentials.encode(), settings.token.encode()):
+        raise HTTPException(401, "wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_token(settings: Annotated[Settings, Depends(get_settings)],
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    """Write endpoints: the token is always required."""
+    _check_token(credentials, settings)
+
+
+def inspect_token(settings: Annotated[Settings, Depends(get_settings)],
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    """Inspection and history: the token is required only with ``token_on_inspect``."""
+    if settings.token_on_inspect:
+        _check_token(credentials, settings)
+
+
+async def limited_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes (not read whole first)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body of {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def image_body(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> bytes:
+    """The raw PNG / TIFF bytes of an inspection request."""
+    kind = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
+    if kind not in IMAGE_TYPES:
+        raise HTTPException(415, f"content type {kind!r}: send the raw image as one of {', '.join(IMAGE_TYPES)}")
+    body = await limited_body(request, settings.max_body_bytes)
+    if not body:
+        raise HTTPException(422, "empty body: send the raw PNG or TIFF bytes")
+    return body

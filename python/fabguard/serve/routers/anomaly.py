@@ -1,0 +1,128 @@
+"""Inspection: score an image, log it, answer; heatmaps; the inspection history an MES looks up."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Query
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from fabguard.outputs import atomic_path
+from fabguard.serve import db, images
+from fabguard.serve.app import Service
+from fabguard.serve.dependencies import get_service, image_body, inspect_token
+from fabguard.serve.engine import Result
+from fabguard.serve.schemas import MAX_POINT, WAFER_ID, Decision, InspectionRecord, InspectionResult, Problem
+
+router = APIRouter(tags=["inspection"], dependencies=[Depends(inspect_token)],
+                   responses={401: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}})
+HEATMAP_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,120}$"
+ID = r"^[0-9a-f]{32}$"
+IMAGE_BODY = {"requestBody": {"required": True, "content": {
+    t: {"schema": {"type": "string", "format": "binary"}} for t in ("application/octet-stream", "image/png",
+                                                                    "image/tiff")}}}
+
+
+def heatmap_url(name: str) -> str:
+    return f"/api/v1/heatmaps/{name}.png"
+
+
+@router.post("/inspect", response_model=InspectionResult, openapi_extra=IMAGE_BODY,
+             responses={413: {"model": Problem}, 415: {"model": Problem}})
+async def inspect(background: BackgroundTasks, service: Annotated[Service, Depends(get_service)],
+                  body: Annotated[bytes, Depends(image_body)],
+                  wafer_id: Annotated[str, Query(pattern=WAFER_ID, description="letters, digits, '-', '_'")],
+                  inspection_point: Annotated[int, Query(ge=0, le=MAX_POINT)]) -> InspectionResult:
+    """Score one raw PNG or TIFF image; the inspection is committed to the log before this answer is sent.
+    The heatmap is rendered after the answer (``heatmap_url`` serves it once written)."""
+    pixels = await run_in_threadpool(images.decode, body, service.settings.max_pixels)
+    result = await service.batcher.submit(pixels)
+    inspection_id = uuid.uuid4().hex
+    name = f"{wafer_id}-{inspection_point}-{inspection_id[:12]}"
+    suffix = ".tif" if body[:4] in images.TIFF_MAGIC else ".png"
+    image_ref = f"images/{inspection_id}{suffix}" if service.settings.store_images else None
+    row = {"id": inspection_id, "created_at": datetime.now(timezone.utc), "wafer_id": wafer_id,
+           "inspection_point": inspection_point, "model_version": result.version,
+           "anomaly_score": result.score, "decision": result.decision, "confidence": result.confidence,
+           "inference_time_ms": result.inference_ms, "image_ref": image_ref, "heatmap_ref": f"heatmaps/{name}.png"}
+    await run_in_threadpool(_commit, service, row)
+    service.metrics.inspections.labels(result.decision, result.version).inc()
+    service.metrics.score.labels(result.version).observe(result.score)
+    background.add_task(_store, service.settings.home, row, body if image_ref else None, result)
+    return InspectionResult(wafer_id=wafer_id, inspection_point=inspection_point, anomaly_score=result.score,
+                            decision=result.decision, confidence=result.confidence, heatmap_url=heatmap_url(name),
+                            latent_vector=result.latent, model_version=result.version,
+                            inference_time_ms=result.inference_ms, inspection_id=inspection_id)
+
+
+def _commit(service: Service, row: dict) -> None:
+    start = time.perf_counter()
+    with service.engine.begin() as connection:
+        connection.execute(db.inspections.insert().values(**row))
+    service.metrics.log_write.observe(time.perf_counter() - start)
+
+
+def _store(home: Path, row: dict, body: bytes | None, result: Result) -> None:
+    """After the answer: the heatmap overlay and the image itself, each written whole."""
+    with atomic_path(home / row["heatmap_ref"]) as tmp:
+        tmp.write_bytes(images.overlay_png(result.pixels, result.heatmap))
+    if body is not None:
+        with atomic_path(home / row["image_ref"]) as tmp:
+            tmp.write_bytes(body)
+
+
+@router.get("/heatmaps/{name}.png", response_class=FileResponse, responses={404: {"model": Problem}})
+async def heatmap(service: Annotated[Service, Depends(get_service)],
+                  name: Annotated[str, PathParam(pattern=HEATMAP_NAME)]):
+    """The heatmap over the inspected image (404 until it is rendered, a few ms after the answer)."""
+    path = service.settings.home / "heatmaps" / f"{name}.png"
+    if not path.is_file():
+        raise HTTPException(404, f"no heatmap {name}.png (unknown, or not rendered yet)")
+    return FileResponse(path, media_type="image/png")
+
+
+def _record(row) -> InspectionRecord:
+    name = Path(row["heatmap_ref"]).stem
+    return InspectionRecord(inspection_id=row["id"], heatmap_url=heatmap_url(name),
+                            **{k: row[k] for k in ("created_at", "wafer_id", "inspection_point", "model_version",
+                                                   "anomaly_score", "decision", "confidence",
+                                                   "inference_time_ms", "image_ref")})
+
+
+@router.get("/inspections", response_model=list[InspectionRecord])
+async def inspections(service: Annotated[Service, Depends(get_service)],
+                      wafer_id: Annotated[str | None, Query(pattern=WAFER_ID)] = None,
+                      decision: Decision | None = None, since: datetime | None = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[InspectionRecord]:
+    """The newest inspections first, filtered by wafer, decision and time (``since``: ISO 8601)."""
+    table = db.inspections
+    query = sa.select(table).order_by(table.c.created_at.desc()).limit(limit)
+    if wafer_id is not None:
+        query = query.where(table.c.wafer_id == wafer_id)
+    if decision is not None:
+        query = query.where(table.c.decision == decision)
+    if since is not None:
+        query = query.where(table.c.created_at >= (since if since.tzinfo else since.replace(tzinfo=timezone.utc)))
+    rows = await run_in_threadpool(_fetch, service, query)
+    return [_record(r) for r in rows]
+
+
+@router.get("/inspections/{inspection_id}", response_model=InspectionRecord, responses={404: {"model": Problem}})
+async def inspection(service: Annotated[Service, Depends(get_service)],
+                     inspection_id: Annotated[str, PathParam(pattern=ID)]) -> InspectionRecord:
+    rows = await run_in_threadpool(_fetch, service, sa.select(db.inspections).where(db.inspections.c.id == inspection_id))
+    if not rows:
+        raise HTTPException(404, f"no inspection {inspection_id}")
+    return _record(rows[0])
+
+
+def _fetch(service: Service, query) -> list:
+    with service.engine.connect() as connection:
+        return connection.execute(query).mappings().all()

@@ -1,0 +1,130 @@
+"""POST /api/v1/inspect: the case study's response, logged before it is sent; heatmaps; history."""
+
+from __future__ import annotations
+
+import io
+import math
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+import tifffile
+from PIL import Image
+
+from fabguard.serve import db
+from fabguard.serve.engine import confidence, embedding
+
+FIELDS = {"wafer_id", "inspection_point", "anomaly_score", "decision", "confidence", "heatmap_url",
+          "latent_vector", "model_version", "inference_time_ms", "inspection_id"}
+
+
+def test_fresh_home_serves_the_bundled_model(client):
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model_version"] == "pca-wafer-v1.0.0"
+    assert client.get("/healthz").json() == {"status": "alive", "model_version": None, "loaded": []}
+    [model] = client.get("/api/v1/models").json()
+    assert model["serving"] and model["loaded"] and len(model["sha256"]) == 64
+    assert model["report"]["auroc"] >= 0.95
+
+
+def test_response_has_the_case_study_fields_and_is_logged(app_client, api, wafer_images):
+    client, app = app_client
+    images, labels = wafer_images
+    answers = [api.inspect(im, "WF-2024-001234", 42 + i) for i, im in enumerate(images)]
+    for answer, label in zip(answers, labels):
+        assert set(answer) == FIELDS
+        assert answer["wafer_id"] == "WF-2024-001234" and answer["model_version"] == "pca-wafer-v1.0.0"
+        assert len(answer["latent_vector"]) == 128 and all(math.isfinite(v) for v in answer["latent_vector"])
+        assert answer["heatmap_url"].startswith(f"/api/v1/heatmaps/WF-2024-001234-{answer['inspection_point']}-")
+        assert 0.5 <= answer["confidence"] <= 1 and answer["inference_time_ms"] > 0
+        assert answer["decision"] == ("REJECT" if label else "PASS")  # the synthetic defects are obvious
+    engine = app.state.service.engine
+    with engine.connect() as c:
+        rows = {r.id: r for r in c.execute(sa.select(db.inspections))}
+    for answer in answers:
+        row = rows[answer["inspection_id"]]
+        assert (row.anomaly_score, row.decision, row.confidence, row.model_version) == (
+            answer["anomaly_score"], answer["decision"], answer["confidence"], answer["model_version"])
+    heatmap = Image.open(io.BytesIO(api.heatmap(answers[-1]["heatmap_url"])))
+    assert heatmap.format == "PNG" and heatmap.size == (64, 64)  # the model's input size
+    home = app.state.service.settings.home
+    assert (home / api.inspection(answers[0]["inspection_id"])["image_ref"]).read_bytes() == images[0]
+
+
+def test_tiff_and_16_bit_images_are_inspected(api, wafer_images):
+    gray = np.asarray(Image.open(io.BytesIO(wafer_images[0][0])), dtype=np.uint16) * 257
+    out = io.BytesIO()
+    tifffile.imwrite(out, gray)
+    answer = api.inspect(out.getvalue(), "WF-1", 1)
+    png = api.inspect(wafer_images[0][0], "WF-1", 2)
+    assert answer["decision"] == "PASS"
+    assert answer["anomaly_score"] == pytest.approx(png["anomaly_score"], rel=1e-3)
+
+
+def test_history_filters(api, wafer_images):
+    images, labels = wafer_images
+    start = datetime.now(timezone.utc) - timedelta(seconds=1)
+    for i, im in enumerate(images):
+        api.inspect(im, f"WF-{i % 2}", i)
+    assert len(api.inspections()) == len(images)
+    assert {r["wafer_id"] for r in api.inspections(wafer_id="WF-1")} == {"WF-1"}
+    assert len(api.inspections(decision="REJECT")) == sum(labels)
+    assert len(api.inspections(limit=3)) == 3
+    assert len(api.inspections(since=start.isoformat())) == len(images)
+    assert api.inspections(since=(start + timedelta(hours=1)).isoformat()) == []
+    newest = api.inspections(limit=1)[0]
+    assert newest["inspection_point"] == len(images) - 1
+    assert api.inspection(newest["inspection_id"]) == newest
+
+
+def test_confidence_is_one_half_on_a_threshold_and_rises_away_from_both():
+    review, reject = 0.02, 0.05
+    assert confidence(review, review, reject) == confidence(reject, review, reject) == 0.5
+    below = [confidence(s, review, reject) for s in np.linspace(0.02, -0.2, 50)]
+    above = [confidence(s, review, reject) for s in np.linspace(0.05, 0.5, 50)]
+    assert np.all(np.diff(below) > 0) and np.all(np.diff(above) > 0) and below[-1] > 0.99
+    assert confidence(0.035, review, reject) == pytest.approx(1 - 0.5 * math.exp(-0.5))  # middle of the band
+    assert confidence(0.02, 0.02, 0.02) == 0.5 and confidence(0.03, 0.02, 0.02) == pytest.approx(1.0)
+
+
+def test_embedding_is_the_heatmap_on_an_8_by_16_grid():
+    heatmap = np.zeros((64, 64))
+    heatmap[:8, 60:] = 1.0  # top-right corner: cell (0, 15)
+    vector = embedding(heatmap)
+    assert vector.shape == (128,) and vector[15] == 1.0 and vector.sum() == 1.0
+
+
+def test_a_latent_output_is_used_as_the_latent_vector():
+    """A VAE artifact's third output ``latent`` (mu) is returned as is."""
+    from types import SimpleNamespace
+
+    from fabguard.anomaly.base import Thresholds
+    from fabguard.serve.engine import score_batch
+    from fabguard.serve.registry import Loaded
+
+    mu = np.arange(2 * 128, dtype=np.float32).reshape(2, 128)
+    inspector = SimpleNamespace(input_size=16, max_batch=8, session=None,
+                                thresholds=Thresholds(0.1, 0.2, 0.95, 0.995, 100),
+                                run=lambda session, batch, n: [np.array([0.05, 0.3], np.float32),
+                                                               np.zeros((2, 16, 16), np.float32), mu])
+    results = score_batch(Loaded("vae-wafer-v2.3.1", inspector, ("score", "heatmap", "latent")),
+                          [np.zeros((3, 20, 20), np.float32)] * 2)
+    assert [r.latent for r in results] == mu.tolist()
+    assert [r.decision for r in results] == ["PASS", "REJECT"]
+
+
+def test_metrics_after_inspections(client, api, wafer_images):
+    images, labels = wafer_images
+    for i, im in enumerate(images):
+        api.inspect(im, "WF-M", i)
+    client.get("/api/v1/inspections/" + "0" * 32)
+    text = client.get("/metrics").text
+    version = 'model_version="pca-wafer-v1.0.0"'
+    assert f'fabguard_inspections_total{{decision="REJECT",{version}}} {float(sum(labels))}' in text
+    assert f'fabguard_anomaly_score_count{{{version}}} {float(len(images))}' in text
+    assert f'fabguard_log_write_seconds_count {float(len(images))}' in text
+    assert 'fabguard_request_seconds_count{method="POST",route="/api/v1/inspect",status="200"} 8.0' in text
+    assert 'route="/api/v1/inspections/{inspection_id}",status="404"' in text
+    assert "fabguard_queue_depth 0.0" in text and "fabguard_requests_in_flight 1.0" in text  # the scrape itself
+    assert f"fabguard_model_serving{{{version}}} 1.0" in text

@@ -1,0 +1,69 @@
+"""PostgreSQL: two replicas share one log and one promotion; a database outage gives fast 503s and the
+service recovers by itself."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fabguard.client import Client, ServiceError
+from tests.serve.conftest import TOKEN
+
+
+def test_two_replicas_on_postgresql_share_log_and_promotion(tmp_path, postgres_url, second_model, wafer_images):
+    from fastapi.testclient import TestClient
+
+    from fabguard.serve.app import create_app
+    from fabguard.serve.config import load_settings
+
+    one, two = (load_settings(home=tmp_path / n, db=postgres_url, token=TOKEN, sync_seconds=0.05) for n in "ab")
+    artifact, report = second_model
+    with TestClient(create_app(one)) as a, TestClient(create_app(two)) as b:
+        first, second = Client(token=TOKEN, http=a), Client(token=TOKEN, http=b)
+        assert [m["version"] for m in second.models()] == ["pca-wafer-v1.0.0"]
+        first.register(artifact, "pca-small-v0.1.0", report)
+        first.promote("pca-small-v0.1.0")
+        deadline = time.monotonic() + 10
+        while b.get("/readyz").json()["model_version"] != "pca-small-v0.1.0":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        answers = [c.inspect(wafer_images[0][i], f"WF-{i}", i) for i, c in enumerate((first, second) * 2)]
+        assert {x["model_version"] for x in answers} == {"pca-small-v0.1.0"}
+        assert {r["inspection_id"] for r in first.inspections()} == {x["inspection_id"] for x in answers}
+        assert second.rollback()["version"] == "pca-wafer-v1.0.0"
+        deadline = time.monotonic() + 10
+        while a.get("/readyz").json()["model_version"] != "pca-wafer-v1.0.0":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_database_outage_fails_fast_and_recovers(tmp_path, postgres, postgres_url, wafer_images, live_server_on):
+    """The cluster is stopped under load: inspections answer 503 within the connect timeout, and 200 again
+    once it is back, without a restart of the service."""
+    url = live_server_on(postgres_url)
+    api = Client(url, retries=0, timeout=30)
+    image = wafer_images[0][0]
+    assert api.inspect(image, "WF-1", 1)["decision"] == "PASS"
+    postgres.stop()
+    try:
+        times = []
+        for i in range(3):
+            start = time.perf_counter()
+            with pytest.raises(ServiceError) as info:
+                api.inspect(image, "WF-1", 2)
+            times.append(time.perf_counter() - start)
+            assert info.value.status == 503
+        assert api.http.get("/readyz").status_code == 200  # the model is loaded: the log is what is missing
+    finally:
+        postgres.start()
+    assert max(times) < 5.0
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert api.inspect(image, "WF-1", 3)["decision"] == "PASS"
+            break
+        except ServiceError as exc:
+            assert exc.status == 503 and time.monotonic() < deadline
+            time.sleep(0.2)
+    assert len(api.inspections(wafer_id="WF-1")) == 2
