@@ -98,8 +98,8 @@ struct Poller {
 };
 
 py::dict fit_em_py(const PyProduction& prod, Array<int64_t> subset_ptr, Array<int64_t> subset_idx,
-                   Array<double> p0, Array<double> a0, double tol, int max_iter, int threads,
-                   py::object progress) {
+                   Array<double> p0, Array<double> a0, double tol, int max_iter, bool accelerate,
+                   const std::string& stop, bool escapes, int threads, py::object progress) {
     const Production& pr = prod.view();
     // Again: the arrays are shared with Python and may have been written to since construction.
     validate(pr);
@@ -117,6 +117,7 @@ py::dict fit_em_py(const PyProduction& prod, Array<int64_t> subset_ptr, Array<in
     }
     if (!(tol >= 0.0)) throw std::invalid_argument("tol must be >= 0");
     if (max_iter < 1) throw std::invalid_argument("max_iter must be >= 1");
+    if (stop != "loglik" && stop != "l2") throw std::invalid_argument("stop must be 'loglik' or 'l2'");
     if (threads < 1 || threads > kMaxThreads)
         throw std::invalid_argument("threads must be in [1, " + std::to_string(kMaxThreads) + "]");
     Subsets subsets{R, subset_ptr.data(), subset_idx.data()};
@@ -126,9 +127,10 @@ py::dict fit_em_py(const PyProduction& prod, Array<int64_t> subset_ptr, Array<in
     py::array_t<double> yield({R, M}), miss({R, M}), expected({R, M});
     py::array_t<int32_t> n_iter(R);
     py::array_t<uint8_t> converged(R);
+    py::array_t<double> loglik(R);
     EmOutput out{yield.mutable_data(), miss.mutable_data(), expected.mutable_data(),
-                 n_iter.mutable_data(), converged.mutable_data()};
-    EmConfig config{tol, max_iter};
+                 n_iter.mutable_data(), converged.mutable_data(), loglik.mutable_data()};
+    EmConfig config{tol, max_iter, accelerate, stop == "l2" ? EmStop::kL2 : EmStop::kLogLik, escapes};
     Poller poller{std::move(progress), nullptr};
     {
         py::gil_scoped_release release;
@@ -142,6 +144,7 @@ py::dict fit_em_py(const PyProduction& prod, Array<int64_t> subset_ptr, Array<in
     result["expected_defects"] = expected;
     result["n_iter"] = n_iter;
     result["converged"] = converged.attr("astype")("bool");
+    result["loglik"] = loglik;
     return result;
 }
 
@@ -154,6 +157,15 @@ py::array_t<int64_t> draw_resamples_py(int64_t n_batches, double fraction, int64
     }
     const int64_t k = static_cast<int64_t>(flat.size()) / n_resamples;
     return to_numpy(std::move(flat)).reshape({n_resamples, k});
+}
+
+py::array_t<int64_t> draw_bootstrap_py(int64_t n_batches, int64_t n_resamples, uint64_t seed) {
+    std::vector<int64_t> flat;
+    {
+        py::gil_scoped_release release;
+        flat = draw_bootstrap(n_batches, n_resamples, seed);
+    }
+    return to_numpy(std::move(flat)).reshape({n_resamples, n_batches});
 }
 
 py::dict simulate_py(const SimConfig& config) {
@@ -193,11 +205,19 @@ PYBIND11_MODULE(_core, m) {
                                [](const PyProduction& p) { return p.view().n_machines; });
 
     m.def("fit_em", &fit_em_py, py::arg("production"), py::arg("subset_ptr"),
-          py::arg("subset_idx"), py::arg("p0"), py::arg("a0"), py::arg("tol") = 1e-3,
-          py::arg("max_iter") = 100, py::arg("threads") = 1, py::arg("progress") = py::none(),
-          "Fit the EM on every batch subset from the same start (p0, a0); returns (subsets, "
-          "machines) arrays."
-          " progress(done) is called as subsets finish.");
+          py::arg("subset_idx"), py::arg("p0"), py::arg("a0"), py::arg("tol") = 1e-13,
+          py::arg("max_iter") = 1000, py::arg("accelerate") = true, py::arg("stop") = "loglik", py::arg("escapes") = true,
+          py::arg("threads") = 1, py::arg("progress") = py::none(),
+          "Fit the EM on every batch subset (a subset may repeat a batch) from the same start "
+          "(p0, a0); returns (subsets, machines) arrays. stop 'loglik': relative change of the "
+          "log-likelihood <= tol, SQUAREM if accelerate; 'l2': the authors' plain EM, L2 change of "
+          "the yields <= tol. escapes: model defects that escape every inspection (the paper's model "
+          "counts them as good). progress(done) is called as subsets finish.");
+
+    m.def("draw_bootstrap", &draw_bootstrap_py, py::arg("n_batches"), py::arg("n_resamples"),
+          py::arg("seed"),
+          "(n_resamples, n_batches) sorted batch indices drawn with replacement; row r depends "
+          "only on (seed, r).");
 
     m.def("draw_resamples", &draw_resamples_py, py::arg("n_batches"), py::arg("fraction"),
           py::arg("n_resamples"), py::arg("seed"),

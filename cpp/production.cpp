@@ -94,4 +94,22 @@ std::vector<int64_t> draw_resamples(int64_t n_batches, double fraction, int64_t 
     return out;
 }
 
+std::vector<int64_t> draw_bootstrap(int64_t n_batches, int64_t n_resamples, uint64_t seed) {
+    if (n_batches <= 0) throw std::invalid_argument("n_batches must be positive");
+    if (n_resamples <= 0) throw std::invalid_argument("n_resamples must be positive");
+    if (n_resamples > (int64_t{1} << 62) || n_resamples > std::numeric_limits<int64_t>::max() / n_batches / 8)
+        throw std::length_error("n_resamples x batches overflows 64-bit sizes");
+    std::vector<int64_t> out(static_cast<size_t>(n_batches * n_resamples));
+    std::vector<int64_t> count(static_cast<size_t>(n_batches));
+    for (int64_t r = 0; r < n_resamples; ++r) {
+        std::fill(count.begin(), count.end(), 0);
+        Rng rng(seed, (uint64_t{1} << 63) + static_cast<uint64_t>(r));
+        for (int64_t i = 0; i < n_batches; ++i) ++count[rng.below(static_cast<uint64_t>(n_batches))];
+        int64_t* dst = out.data() + r * n_batches;  // counting sort: sorted without a comparison sort
+        for (int64_t b = 0; b < n_batches; ++b)
+            for (int64_t c = 0; c < count[b]; ++c) *dst++ = b;
+    }
+    return out;
+}
+
 }  // namespace fabguard

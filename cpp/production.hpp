@@ -45,4 +45,8 @@ void validate(const Subsets& subsets, int64_t n_batches);
 std::vector<int64_t> draw_resamples(int64_t n_batches, double fraction, int64_t n_resamples,
                                     uint64_t seed);
 
+// R bootstrap resamples: n_batches draws with replacement each, sorted; resample r is drawn from
+// the random stream (seed, 2^63 + r), apart from draw_resamples' streams.
+std::vector<int64_t> draw_bootstrap(int64_t n_batches, int64_t n_resamples, uint64_t seed);
+
 }  // namespace fabguard

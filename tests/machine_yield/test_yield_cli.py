@@ -86,3 +86,26 @@ def test_sizing(tmp_path, capsys):
 def test_entry_point():
     run = subprocess.run([sys.executable, "-m", "fabguard", "yield", "--help"], capture_output=True, text=True)
     assert run.returncode == 0 and "detect" in run.stdout and "sizing" in run.stdout
+
+
+def test_detect_modes_and_the_authors_format(records, tmp_path, capsys):
+    from test_yield_data import to_authors
+
+    out, truth = records
+    low = sorted(pd.read_parquet(truth).query("low_yield")["machine"])
+    wide = tmp_path / "authors.csv"
+    to_authors(pd.read_csv(out)).to_csv(wide, index=False)
+    j = tmp_path / "paper.json"
+    assert main(["yield", "detect", str(wide), "--interval", "paper", "--rule", "paper", "--resamples", "4",
+                 "--bootstrap", "200", "--threads", "1", "--json", str(j), "--quiet"]) == 0
+    report = json.loads(j.read_text())
+    assert sorted(report["low_yield"]) == low
+    assert report["summary"]["interval"] == "paper" and report["summary"]["rule"] == "paper"
+    assert main(["yield", "detect", str(wide), "--format", "authors", "--in-progress", "exclude", "--resamples", "3",
+                 "--margin", "0.01", "--min-batches", "3", "--no-accelerate", "--max-iter", "400", "--threads", "1",
+                 "--json", str(j), "--quiet"]) == 0
+    report = json.loads(j.read_text())
+    assert sorted(report["low_yield"]) == low and report["summary"]["margin"] == 0.01
+    capsys.readouterr()
+    assert main(["yield", "detect", str(wide), "--format", "long", "--quiet"]) == 2
+    assert "missing column" in capsys.readouterr().err

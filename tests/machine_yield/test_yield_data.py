@@ -53,7 +53,7 @@ def _error(frame, tmp_path=None):
     [
         (lambda t: t.drop(columns="defects"), ["missing column", "defects"]),
         (lambda t: t.iloc[0:0], ["no rows"]),
-        (lambda t: t.assign(machine=t["machine"].where(t.index != 2, None)), ["row 3", "'machine'", "missing value"]),
+        (lambda t: t.assign(batch=t["batch"].where(t.index != 2, None)), ["row 3", "'batch'", "missing value"]),
         (lambda t: t.assign(defects=t["defects"].astype(object).where(t.index != 5, "x")), ["row 6", "B2", "not a number"]),
         (lambda t: t.assign(pieces_in=t["pieces_in"].where(t.index != 4, 50.5)), ["row 5", "B2", "not a whole number"]),
         (lambda t: t.assign(defects=t["defects"].where(t.index != 1, -1)), ["row 2", "B1", "negative"]),
@@ -151,3 +151,75 @@ def test_valid_tables_always_fit(frame):
     det = LowYieldDetector(resamples=2, n_bootstrap=100, threads=2).fit(data)
     yields = det.yield_.to_numpy()
     assert np.all((yields > 0) & (yields <= 1))
+
+
+# The authors' wide CSV and messy production data.
+
+def to_authors(frame: pd.DataFrame, drop_last_of=()) -> pd.DataFrame:
+    """The long table in the authors' format: one row per (lot, step), the machines of steps 1..j."""
+    rows = []
+    width = int(frame["step"].max())
+    for lot, part in frame.sort_values(["batch", "step"]).groupby("batch", sort=False):
+        machines = part["machine"].tolist()
+        last = len(part) if lot not in drop_last_of else len(part) + 1  # still in progress: no -1 row
+        for j, r in enumerate(part.itertuples(), start=1):
+            row = {"Lot": lot} | {f"Process{k:03d}_MachineNo": (machines[k - 1] if k <= j else None)
+                                  for k in range(1, width + 1)}
+            rows.append(row | {"Final": -1 if j == last else j, "CurrentTotalNum": r.pieces_in,
+                               "TotalNum": part["pieces_in"].iloc[0], "BadNum": r.defects})
+    return pd.DataFrame(rows)
+
+
+def test_authors_format_reads_like_the_long_one(table, tmp_path):
+    wide = to_authors(table)
+    path = tmp_path / "authors.csv"
+    wide.to_csv(path, index=False)
+    long = load_production(table).to_frame()
+    for source in (wide, path):
+        frame = load_production(source).to_frame()  # auto-detected from the header
+        pd.testing.assert_frame_equal(frame, long)
+    pd.testing.assert_frame_equal(load_production(wide, format="authors").to_frame(), long)
+    with pytest.raises(InputError, match="missing column"):
+        load_production(wide, format="long")
+
+
+def test_authors_format_errors_name_the_file_columns(table):
+    wide = to_authors(table)
+    for change, words in [
+        (lambda w: w.assign(Final=w["Final"].where(w.index != 2, 9)), ["row 3", "'B1'", "'Final'", "9 is not a step"]),
+        (lambda w: w.assign(BadNum=w["BadNum"].where(w.index != 3, 500)), ["row 4", "'BadNum'", "exceed"]),
+        (lambda w: w.assign(TotalNum=w["TotalNum"].where(w.index != 4, 7)), ["row 5", "'TotalNum'", "7 pieces"]),
+        (lambda w: w.assign(CurrentTotalNum=w["CurrentTotalNum"].astype(object).where(w.index != 1, "x")),
+         ["row 2", "'CurrentTotalNum'", "not a number"]),
+        (lambda w: w.assign(Lot=w["Lot"].where(w.index != 0, None)), ["row 1", "'Lot'", "missing value"]),
+    ]:
+        message = _error(change(wide))
+        assert all(w in message for w in words), message
+
+
+def test_lots_in_progress_rework_and_missing_machine_ids(table):
+    # B2 never reached its last step; B1 visits M2 twice (rework); one step of B1 lost its machine id
+    messy = table.copy()
+    messy.loc[2, "machine"] = "M2"
+    wide = to_authors(messy, drop_last_of={"B2"})
+    wide.loc[wide["Lot"] == "B1", "Process004_MachineNo"] = None
+    included = load_production(wide)
+    excluded = load_production(wide, in_progress="exclude")
+    assert list(included.batch_ids) == ["B1", "B2"] and list(excluded.batch_ids) == ["B1"]
+    usage = included.machine_usage().set_index("machine")
+    assert usage.loc["M2", "uses"] == 3 and usage.loc["M2", "batches"] == 2  # twice in B1, once in B2
+    assert usage.loc["(no machine id)", "uses"] == 1
+    # a later error still names the file's row after the in-progress lot was dropped
+    broken = wide.assign(BadNum=wide["BadNum"].where(wide.index != 3, 999))
+    assert "row 4" in _error_of(lambda: load_production(broken, in_progress="exclude"))
+    # the long format: a missing machine id is the same pseudo-machine, never flagged
+    data = load_production(table.assign(machine=table["machine"].where(table.index != 2, None)))
+    assert "(no machine id)" in set(data.machine_ids)
+    report = LowYieldDetector(resamples=2, min_batches=1, threads=1).fit(data).report_.machines.set_index("machine")
+    assert report.loc["(no machine id)", "status"] == "no machine id"
+
+
+def _error_of(call) -> str:
+    with pytest.raises(InputError) as info:
+        call()
+    return str(info.value)

@@ -15,7 +15,7 @@ from fabguard.outputs import atomic_path
 
 @pytest.fixture(scope="module")
 def fitted(small_sim):
-    return LowYieldDetector(resamples=15, n_bootstrap=2000, seed=3).fit(small_sim.data)
+    return LowYieldDetector(resamples=15, seed=3).fit(small_sim.data)
 
 
 def test_finds_the_low_yield_machines(fitted, small_sim):
@@ -23,7 +23,7 @@ def test_finds_the_low_yield_machines(fitted, small_sim):
     truth = small_sim.truth.set_index("machine")
     report = fitted.report_.machines.set_index("machine")
     low = small_sim.low_yield_machines
-    assert np.all(np.abs(report.loc[low, "yield"] - 0.4) < 0.08)
+    assert np.all(np.abs(report.loc[low, "yield"] - 0.4) < 0.02)
     healthy = report.drop(index=low)
     assert healthy["yield"].min() > 0.98
     # usage columns are plain counts from the data
@@ -36,27 +36,90 @@ def test_finds_the_low_yield_machines(fitted, small_sim):
     assert report.loc[inspecting, "miss_rate"].between(0, 1).all()
 
 
-def test_report_is_sorted_and_flags_follow_the_rule(fitted):
+def test_report_is_sorted_and_flags_follow_the_fdr_rule(fitted):
     m = fitted.report_.machines
     assert m["yield"].is_monotonic_increasing
-    significant = (m["yield"] < fitted.threshold_) & (m["p_value"] < 0.05)
-    assert (m["significant"] == significant).all()
-    assert fitted.threshold_ == pytest.approx(np.mean(fitted.yield_))
+    median = np.median(fitted.yield_)
+    summary = fitted.report_.summary
+    assert summary["baseline"] == pytest.approx(median)
+    assert fitted.threshold_ == pytest.approx(median - summary["margin"])
+    tested = m["status"] != "too few batches"
+    q = stats.false_discovery_control(m.loc[tested, "p_value"], method="bh")
+    np.testing.assert_allclose(m.loc[tested, "q_value"], q, rtol=1e-12)
+    assert (m["low_yield"] == (tested & (m["q_value"] <= 0.05))).all()
+    assert (m["status"] == np.where(m["low_yield"], "low", np.where(tested, "not flagged", "too few batches"))).all()
     assert (m["ci_low"] <= m["yield"] + 1e-12).all() and (m["yield"] <= m["ci_high"] + 1e-12).all()
 
 
-def test_threshold_and_cap(small_sim):
-    none = LowYieldDetector(resamples=5, n_bootstrap=500, threshold=0.2).fit(small_sim.data)
+def test_bootstrap_interval_is_the_t_interval_of_the_resamples(fitted):
+    m = fitted.report_.machines.set_index("machine")
+    resampled = fitted.resample_yields_
+    se = resampled.std(ddof=1)
+    np.testing.assert_allclose(m.loc[se.index, "std_error"], se, rtol=1e-10)
+    t = stats.t.ppf(0.975, resampled.notna().sum() - 1)
+    yields = fitted.yield_.loc[se.index]
+    np.testing.assert_allclose(m.loc[se.index, "ci_high"], np.minimum(yields + t * se, 1.0), rtol=1e-10)
+    p = stats.t.cdf((yields - fitted.threshold_) / se, resampled.notna().sum() - 1)
+    np.testing.assert_allclose(m.loc[se.index, "p_value"], p, rtol=1e-8)
+
+
+def test_paper_rule_and_interval(small_sim):
+    paper = LowYieldDetector(interval="paper", rule="paper", resamples=10, n_bootstrap=1000, seed=3).fit(small_sim.data)
+    m = paper.report_.machines
+    assert set(paper.low_yield_machines_) == set(small_sim.low_yield_machines)
+    assert paper.threshold_ == pytest.approx(np.mean(paper.yield_))
+    significant = (m["yield"] < paper.threshold_) & (m["p_value"] < 0.05)
+    assert (m["significant"] == significant).all()
+    mean = paper.resample_yields_.mean()
+    np.testing.assert_allclose(m.set_index("machine").loc[mean.index, "yield"], mean, rtol=1e-12)
+    assert paper.n_iter_.max() <= 100  # the authors' stop
+
+
+def test_threshold_cap_and_display_limit(small_sim):
+    none = LowYieldDetector(resamples=5, threshold=0.2).fit(small_sim.data)
     assert none.low_yield_machines_ == []
-    capped = LowYieldDetector(resamples=5, n_bootstrap=500, threshold=0.99999, max_candidates=4).fit(small_sim.data)
+    capped = LowYieldDetector(interval="paper", rule="paper", resamples=5, n_bootstrap=500, threshold=0.99999,
+                              max_candidates=4).fit(small_sim.data)
     m = capped.report_.machines
     assert m["significant"].sum() > 4 and m["low_yield"].sum() == 4
     assert m["low_yield"].iloc[:4].all()  # the four lowest significant ones
+    # fdr rule: max_candidates limits the text only
+    shown = LowYieldDetector(resamples=5, threshold=0.99999, max_candidates=2).fit(small_sim.data)
+    flagged = shown.low_yield_machines_
+    assert len(flagged) > 2
+    text = shown.report_.to_text(top=0)
+    assert f"({len(flagged)} flagged; the first 2 listed)" in text
+    assert sum(str(machine) in text.splitlines()[0] for machine in flagged) == 2
+
+
+def test_margin_and_too_few_batches(small_sim):
+    frame = small_sim.data.to_frame()
+    rare = pd.DataFrame({"batch": ["r1", "r1", "r2", "r2"], "step": [1, 2, 1, 2], "machine": ["RARE", "M01"] * 2,
+                         "pieces_in": [100, 40, 100, 30], "defects": [60, 0, 70, 0], "inspected": [True, False] * 2})
+    det = LowYieldDetector(resamples=5, margin=0.01, seed=1).fit(pd.concat([frame, rare], ignore_index=True))
+    m = det.report_.machines.set_index("machine")
+    assert det.threshold_ == pytest.approx(det.report_.summary["baseline"] - 0.01)
+    assert m.loc["RARE", "status"] == "too few batches" and not m.loc["RARE", "low_yield"]
+    assert np.isnan(m.loc["RARE", "p_value"]) and det.report_.summary["machines_too_few_batches"] == 1
+    assert "in too few batches to tell" in det.report_.to_text()
+
+
+def test_default_margin_and_benjamini_hochberg():
+    from fabguard.machine_yield.detector import benjamini_hochberg, default_margin
+
+    healthy = np.linspace(0.998, 1.0, 41)
+    spread = 3 * 1.4826 * np.median(np.abs(healthy - 0.999))
+    assert default_margin(np.r_[healthy, 0.4, np.nan]) == pytest.approx(spread, rel=0.05)
+    assert default_margin(np.full(5, 0.99)) == pytest.approx(0.01)  # no spread: the floor 1 - median
+    p = np.random.default_rng(0).uniform(size=50) ** 3
+    np.testing.assert_allclose(benjamini_hochberg(p), stats.false_discovery_control(p), rtol=1e-12)
+    assert len(benjamini_hochberg(np.array([]))) == 0
 
 
 def test_bad_parameters_are_refused(small_sim):
     for kwargs in ({"resamples": 1}, {"fraction": 0}, {"alpha": 1.5}, {"threshold": 2.0}, {"engine": "gpu"},
-                   {"threads": 0}, {"n_bootstrap": 10}):
+                   {"threads": 0}, {"n_bootstrap": 10}, {"interval": "wald"}, {"rule": "bonferroni"},
+                   {"margin": 1.0}, {"min_batches": 0}, {"accelerate": "yes"}, {"resample_tol": -1.0}):
         with pytest.raises(InputError):
             LowYieldDetector(**kwargs).fit(small_sim.data)
 

@@ -55,11 +55,11 @@ def no_computation(monkeypatch):
 @pytest.mark.parametrize("argv, words", [
     (["detect", "--seed", "-1"], ["--seed", "[0, 4294967295]"]),
     (["detect", "--seed", "1e23"], ["--seed", "not an integer"]),
-    (["detect", "--resamples", "0"], ["--resamples", "[2, inf]"]),
+    (["detect", "--resamples", "0"], ["--resamples", "[2, inf)"]),
     (["detect", "--resamples", "2.5"], ["--resamples", "not an integer"]),
     (["detect", "--threads", "0"], ["--threads", "[1, 1024]"]),
     (["detect", "--threads", "100000"], ["--threads", "[1, 1024]"]),
-    (["detect", "--bootstrap", "99"], ["--bootstrap", "[100, inf]"]),
+    (["detect", "--bootstrap", "99"], ["--bootstrap", "[100, inf)"]),
     (["detect", "--fraction", "0"], ["--fraction", "(0, 1]"]),
     (["detect", "--fraction", "nan"], ["--fraction", "(0, 1]"]),
     (["detect", "--alpha", "1"], ["--alpha", "(0, 1)"]),
@@ -68,22 +68,25 @@ def no_computation(monkeypatch):
     (["detect", "--method", "glm", "--threshold", "-1"], ["--threshold", "(0, 1]"]),
     (["detect", "--method", "glm", "--threshold", "nan"], ["--threshold", "(0, 1]"]),
     (["detect", "--method", "glm", "--confidence", "7"], ["--confidence", "(0, 1)"]),
-    (["detect", "--max-candidates", "0"], ["--max-candidates", "[1, inf]"]),
-    (["detect", "--tol=-1e-3"], ["--tol", "[0, inf]"]),
+    (["detect", "--max-candidates", "0"], ["--max-candidates", "[1, inf)"]),
+    (["detect", "--tol=-1e-3"], ["--tol", "[0, inf)"]),
     (["detect", "--tol", "inf"], ["--tol"]),
     (["detect", "--max-iter", str(2**31)], ["--max-iter", "2147483647"]),
-    (["detect", "--top", "-1"], ["--top", "[0, inf]"]),
+    (["detect", "--top", "-1"], ["--top", "[0, inf)"]),
+    (["detect", "--margin", "1"], ["--margin", "[0, 1)"]),
+    (["detect", "--min-batches", "0"], ["--min-batches", "[1, inf)"]),
+    (["detect", "--resample-tol", "-1"], ["--resample-tol", "[0, inf)"]),
     (["detect", "--low-batch-quantile", "1"], ["--low-batch-quantile", "(0, 1)"]),
     (["simulate", "o.csv", "--batches", "1e10"], ["--batches", "not an integer"]),
-    (["simulate", "o.csv", "--batches", "0"], ["--batches", "[1, inf]"]),
-    (["simulate", "o.csv", "--machines", "1"], ["--machines", "[2, inf]"]),
-    (["simulate", "o.csv", "--low", "-1"], ["--low", "[0, inf]"]),
+    (["simulate", "o.csv", "--batches", "0"], ["--batches", "[1, inf)"]),
+    (["simulate", "o.csv", "--machines", "1"], ["--machines", "[2, inf)"]),
+    (["simulate", "o.csv", "--low", "-1"], ["--low", "[0, inf)"]),
     (["simulate", "o.csv", "--low-yield", "1.5"], ["--low-yield", "[0, 1]"]),
     (["simulate", "o.csv", "--healthy-min", "nan"], ["--healthy-min", "[0, 1]"]),
     (["simulate", "o.csv", "--inspect-share", "1"], ["--inspect-share", "(0, 1)"]),
     (["simulate", "o.csv", "--seed", "-1"], ["--seed"]),
-    (["sizing", "--machines", "5", "--low", "1", "--reps", "0"], ["--reps", "[1, inf]"]),
-    (["sizing", "--machines", "5", "--low", "0"], ["--low", "[1, inf]"]),
+    (["sizing", "--machines", "5", "--low", "1", "--reps", "0"], ["--reps", "[1, inf)"]),
+    (["sizing", "--machines", "5", "--low", "0"], ["--low", "[1, inf)"]),
     (["sizing", "--machines", "5", "--low", "1", "--target-recall", "0"], ["--target-recall", "(0, 1]"]),
     (["sizing", "--machines", "5", "--low", "1", "--resamples", "1"], ["--resamples"]),
     (["sizing", "--machines", "5", "--low", "1", "--max-batches", "0"], ["--max-batches"]),
@@ -166,8 +169,8 @@ def one_gb(monkeypatch):
 
 @pytest.mark.parametrize("call, words", [
     (lambda data: LowYieldDetector(resamples=1_000_000).fit(data), ["LowYieldDetector.fit", "resamples"]),
-    (lambda data: LowYieldDetector(n_bootstrap=10**9).fit(data), ["LowYieldDetector.fit", "n_bootstrap"]),
-    (lambda data: LowYieldDetector(n_bootstrap=10**30).fit(data), ["LowYieldDetector.fit"]),
+    (lambda data: LowYieldDetector(interval="paper", n_bootstrap=10**9).fit(data), ["LowYieldDetector.fit", "n_bootstrap"]),
+    (lambda data: LowYieldDetector(interval="paper", n_bootstrap=10**30).fit(data), ["LowYieldDetector.fit"]),
     (lambda data: simulate(250, 10**10), ["10000000000 batches"]),
     (lambda data: batches_needed(100, 1, max_batches=10**9), ["sizing up to 1000000000 batches"]),
 ])
@@ -423,7 +426,9 @@ def test_ctrl_c_early_in_detect_exits_130_without_traceback(delay):
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, (proc.returncode, err)
+    # 130 with our message, or ended by the signal itself when Python re-raises a SIGINT pending at
+    # shutdown (the shell reports 130 for both; the foundation tests accept the same)
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
     assert "Traceback" not in err and err.strip().endswith("fabguard: interrupted"), err
 
 
@@ -435,7 +440,8 @@ GARBAGE = ["-1", "0", "nan", "inf", "x", "", "1e23", str(2**64), "0x10", "1e3", 
 number = st.one_of(st.sampled_from(["1", "2", "3"]), st.sampled_from(["0.05", "0.5", "0.9"]),
                    st.sampled_from(["1", "0.2", "4"]), st.sampled_from(GARBAGE))
 DETECT_FLAGS = ["--resamples", "--fraction", "--alpha", "--threshold", "--max-candidates", "--confidence",
-                "--tol", "--max-iter", "--threads", "--low-batch-quantile", "--seed", "--top"]
+                "--tol", "--max-iter", "--threads", "--low-batch-quantile", "--seed", "--top", "--margin",
+                "--min-batches", "--resample-tol"]
 cells = st.one_of(st.integers(-2, 120).map(str), st.sampled_from(["", "x", "nan", "1.5", "true", "1e30", str(2**63)]))
 
 

@@ -29,31 +29,52 @@ def register(commands: argparse._SubParsersAction) -> None:
     threads_help = f"threads, 1 to {MAX_THREADS} (default: all cores)"
 
     detect = commands.add_parser(
-        "detect", help="estimate machine yields and list the significantly low ones",
-        description="Estimate every machine's yield and inspection miss rate (EM), with resampling, "
-                    "bootstrap CIs and a one-sided test; print the low-yield machines.")
+        "detect", help="estimate machine yields and list the confidently low ones",
+        description="Estimate every machine's yield and inspection miss rate (EM), with an interval per machine, "
+                    "and flag the machines confidently below the fleet (Benjamini-Hochberg across machines).")
     detect.add_argument("data", nargs="?", help=f"CSV or Parquet production records (default: the bundled {DEMO})")
+    detect.add_argument("--format", choices=("auto", "long", "authors"), default="auto",
+                        help="long: one row per (batch, step); authors: the authors' wide CSV (Lot, "
+                             "Process001_MachineNo, ..., Final, CurrentTotalNum, TotalNum, BadNum); "
+                             "auto: from the header (default)")
+    detect.add_argument("--in-progress", choices=("include", "exclude"), default="include",
+                        help="authors' format: lots without their last step (Final -1) (default include)")
     detect.add_argument("--method", choices=("em", "glm", "commonality"), default="em",
                         help="em: the paper's method (default); glm: binomial GLM baseline; "
                              "commonality: Fisher/BH baseline")
+    detect.add_argument("--interval", choices=("bootstrap", "paper"), default="bootstrap",
+                        help="bootstrap: resamples of the batches, each EM warm-started (default); paper: CI of "
+                             "the mean of estimates on 80%% subsets (a ranking aid, not the yield's uncertainty)")
+    detect.add_argument("--rule", choices=("fdr", "paper"), default="fdr",
+                        help="fdr: below median - margin, Benjamini-Hochberg at --alpha (default); paper: below "
+                             "the mean yield with p < --alpha, at most --max-candidates")
     detect.add_argument("--resamples", type=typed(int, RESAMPLES), default=30,
-                        help="EM resamples, at least 2 (default 30)")
+                        help="bootstrap resamples (or the paper's subsets), at least 2 (default 30)")
     detect.add_argument("--fraction", type=typed(float, YIELD), default=0.8,
-                        help="share of batches per resample, in (0, 1] (default 0.8)")
+                        help="--interval paper: share of batches per subset, in (0, 1] (default 0.8)")
     detect.add_argument("--alpha", type=typed(float, PROBABILITY_OPEN), default=0.05,
-                        help="one-sided test level, in (0, 1) (default 0.05)")
+                        help="false discovery rate (fdr rule) or test level (paper rule), in (0, 1) (default 0.05)")
     detect.add_argument("--threshold", type=typed(float, YIELD), default=None,
-                        help="yield threshold, in (0, 1] (default: mean of all machine yields)")
+                        help="fixed yield threshold, in (0, 1] (default: the rule's)")
+    detect.add_argument("--margin", type=typed(float, Interval(float, 0, 1, "left")), default=None,
+                        help="fdr rule: margin below the median yield, in yield units, in [0, 1) "
+                             "(default: 3 robust SDs of the machine yields, at least 1 - median)")
+    detect.add_argument("--min-batches", type=typed(int, POSITIVE_INT), default=10,
+                        help="fdr rule: machines in fewer batches are reported as too few to tell (default 10)")
     detect.add_argument("--max-candidates", type=typed(int, POSITIVE_INT), default=10,
-                        help="longest low-yield list (default 10)")
+                        help="flagged machines listed (fdr rule: display only); the paper rule's cap (default 10)")
     detect.add_argument("--confidence", type=typed(float, PROBABILITY_OPEN), default=0.95,
-                        help="CI level, in (0, 1) (default 0.95)")
+                        help="interval level, in (0, 1) (default 0.95)")
     detect.add_argument("--bootstrap", type=typed(int, N_BOOTSTRAP), default=10_000,
-                        help="bootstrap resamples, at least 100 (default 10000)")
-    detect.add_argument("--tol", type=typed(float, Interval(float, 0, None)), default=1e-3,
-                        help="EM stop: L2 change of yields (default 1e-3)")
-    detect.add_argument("--max-iter", type=typed(int, MAX_ITER), default=100,
-                        help="EM iteration cap (default 100)")
+                        help="--interval paper: BCa bootstrap resamples, at least 100 (default 10000)")
+    detect.add_argument("--tol", type=typed(float, Interval(float, 0, None)), default=1e-13,
+                        help="EM stop: relative change of the log-likelihood, full data (default 1e-13)")
+    detect.add_argument("--resample-tol", type=typed(float, Interval(float, 0, None)), default=1e-9,
+                        help="EM stop for the bootstrap resamples (default 1e-9)")
+    detect.add_argument("--max-iter", type=typed(int, MAX_ITER), default=1000,
+                        help="EM update cap per fit (default 1000)")
+    detect.add_argument("--no-accelerate", dest="accelerate", action="store_false",
+                        help="plain EM instead of SQUAREM")
     detect.add_argument("--threads", type=typed(int, THREADS), default=None, help=threads_help)
     detect.add_argument("--engine", choices=("cpp", "numpy"), default="cpp", help="EM implementation (default cpp)")
     detect.add_argument("--low-batch-quantile", type=typed(float, PROBABILITY_OPEN), default=0.2,
@@ -115,16 +136,18 @@ def run_detect(args) -> int:
         require_matplotlib()
     if args.data is None:
         print(f"no DATA given: using the bundled demo {source}")
-    data = load_production(source)
+    data = load_production(source, format=args.format, in_progress=args.in_progress)
     if args.method == "em":
         from tqdm.auto import tqdm
 
         from fabguard.machine_yield.detector import LowYieldDetector
 
         detector = LowYieldDetector(
-            resamples=args.resamples, fraction=args.fraction, alpha=args.alpha, threshold=args.threshold,
-            max_candidates=args.max_candidates, confidence=args.confidence, n_bootstrap=args.bootstrap,
-            tol=args.tol, max_iter=args.max_iter, threads=args.threads, engine=args.engine, seed=args.seed)
+            interval=args.interval, rule=args.rule, resamples=args.resamples, fraction=args.fraction, alpha=args.alpha,
+            threshold=args.threshold, margin=args.margin, min_batches=args.min_batches,
+            max_candidates=args.max_candidates, confidence=args.confidence, n_bootstrap=args.bootstrap, tol=args.tol,
+            resample_tol=args.resample_tol, max_iter=args.max_iter, accelerate=args.accelerate, threads=args.threads,
+            engine=args.engine, seed=args.seed)
         with tqdm(total=args.resamples + 1, desc="EM fits", unit="fit", disable=args.quiet) as bar:
             detector.fit(data, progress=lambda done, total: bar.update(done - bar.n))
     elif args.method == "glm":

@@ -11,6 +11,7 @@ the C++ core before it trusts an index): arrays written to after validation, or 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,8 +21,15 @@ import numpy as np
 import pandas as pd
 
 from fabguard.errors import InputError
+from fabguard.params import Options, check
 
 REQUIRED = ("batch", "step", "machine", "pieces_in", "defects")
+#: The machine of a step whose machine id is missing: such steps are kept (their pieces and defects
+#: belong to the route) and share this pseudo-machine, which the detector estimates but never flags.
+NO_MACHINE = "(no machine id)"
+#: The authors' wide CSV (their 2019 script): one row per (lot, step).
+AUTHORS = ("Lot", "Final", "CurrentTotalNum", "TotalNum", "BadNum")
+_PROCESS = re.compile(r"^Process(\d+)_MachineNo$")
 OPTIONAL = ("inspected",)
 COUNTS = ("step", "pieces_in", "defects")
 MAX_COUNT = 2**53  # counts are summed in float64 by the EM: larger ones would lose pieces
@@ -160,20 +168,87 @@ class ProductionData:
         )
 
 
-def load_production(source) -> ProductionData:
+def load_production(source, format: str = "auto", in_progress: str = "include") -> ProductionData:
     """Read and validate production records.
 
     ``source``: a CSV or Parquet path, a pandas DataFrame, a dict of equal-length arrays, or an
-    existing :class:`ProductionData` (checked again, then returned as is). Columns: ``batch``, ``step`` (1-based order
-    within the batch), ``machine``, ``pieces_in``, ``defects``, and optionally ``inspected``
-    (default: a machine inspects wherever it detected a defect somewhere in the data).
-    Raises :class:`~fabguard.errors.InputError` naming the source, row, batch and column of the
-    first problem found.
+    existing :class:`ProductionData` (checked again, then returned as is). ``format``:
+
+    - ``"long"``: columns ``batch``, ``step`` (1-based order within the batch), ``machine``,
+      ``pieces_in``, ``defects``, and optionally ``inspected`` (default: a machine inspects wherever
+      it detected a defect somewhere in the data);
+    - ``"authors"``: the wide CSV of the authors' script, one row per (lot, step): ``Lot``,
+      ``Process001_MachineNo``, ``Process002_MachineNo``, ... (machines of steps 1..current),
+      ``Final`` (the step's 1-based position, or -1 on the lot's last step), ``CurrentTotalNum``
+      (pieces processed at the step), ``TotalNum`` (pieces the lot started with), ``BadNum``
+      (defects detected at the step);
+    - ``"auto"`` (default): ``authors`` when the columns are those, else ``long``.
+
+    A lot of the authors' format without a -1 row is still in progress: ``in_progress="include"``
+    (default) keeps it, since its pieces not flagged so far enter the likelihood like a finished
+    lot's final good pieces (good, or defects not detected yet), ``"exclude"`` drops it. A step
+    without a machine id becomes the pseudo-machine ``NO_MACHINE``. Raises
+    :class:`~fabguard.errors.InputError` naming the source, row, batch and column (as the file
+    names it) of the first problem found.
     """
+    check("format", format, Options(("auto", "long", "authors")), owner="load_production")
+    check("in_progress", in_progress, Options(("include", "exclude")), owner="load_production")
     if isinstance(source, ProductionData):
         return source.check()
     frame, name = _read(source)
+    if format == "authors" or (format == "auto" and _is_authors(frame)):
+        return _from_authors(frame, name, in_progress == "include")
     return _validate(frame, name)
+
+
+def _is_authors(frame: pd.DataFrame) -> bool:
+    columns = [str(c) for c in frame.columns]
+    return all(c in columns for c in AUTHORS) and any(_PROCESS.match(c) for c in columns)
+
+
+def _from_authors(frame: pd.DataFrame, name: str, in_progress: bool) -> ProductionData:
+    """The authors' wide rows as long rows (one for one), validated with the file's column names."""
+    columns = {str(c): c for c in frame.columns}
+    missing = [c for c in AUTHORS if c not in columns]
+    process = {int(m.group(1)): columns[c] for c in columns if (m := _PROCESS.match(c))}
+    if missing or not process:
+        raise InputError(f"{name}: the authors' format needs columns {list(AUTHORS)} and Process001_MachineNo, "
+                         f"...; missing {missing or ['Process001_MachineNo']}")
+    names = {"batch": "Lot", "step": "Final", "pieces_in": "CurrentTotalNum", "defects": "BadNum",
+             "machine": "Process<step>_MachineNo"}
+    frame = frame.rename(columns={columns[c]: c for c in AUTHORS})
+    where = _Where(frame.rename(columns={"Lot": "batch"}), name, names)
+    for column in ("Lot", "Final", "CurrentTotalNum", "TotalNum", "BadNum"):
+        nulls = np.flatnonzero(frame[column].isna().to_numpy())
+        if len(nulls):
+            raise where.fail(int(nulls[0]), None, f"column {column!r}: missing value")
+    final = _integers(frame, "Final", where)
+    cells = np.full((len(frame), max(process) + 1), None, dtype=object)
+    for number, column in process.items():
+        cells[:, number] = frame[column].to_numpy(dtype=object)
+    # the last step's position: the lot's row count (steps run 1..J; a gap is refused below)
+    rows_in_lot = frame.groupby("Lot", sort=False, dropna=False)["Lot"].transform("size").to_numpy()
+    step = np.where(final == -1, rows_in_lot, final)
+    bad = np.flatnonzero((step < 1) | (step > max(process)) | ((final < 1) & (final != -1)))
+    if len(bad):
+        r = int(bad[0])
+        raise where.fail(r, "step", f"{final[r]} is not a step position in 1..{max(process)} or -1 (the last step)")
+    machine = pd.Series(cells[np.arange(len(frame)), step])
+    machine = machine.where(machine.notna() & (machine.astype(str).str.strip() != ""), NO_MACHINE).to_numpy()
+    long = pd.DataFrame({"batch": frame["Lot"].to_numpy(), "step": step, "machine": machine,
+                         "pieces_in": frame["CurrentTotalNum"].to_numpy(), "defects": frame["BadNum"].to_numpy()})
+    total = _integers(frame, "TotalNum", where)
+    pieces = _integers(long, "pieces_in", where)
+    first = np.flatnonzero((step == 1) & (total != pieces))
+    if len(first):
+        r = int(first[0])
+        raise where.fail(r, None, f"column 'TotalNum': {total[r]} pieces at start, but CurrentTotalNum at step 1 "
+                                  f"is {pieces[r]}")
+    rows = np.arange(len(frame))
+    if not in_progress:
+        finished = pd.Series(final == -1).groupby(long["batch"].to_numpy()).transform("any").to_numpy()
+        long, rows = long[finished].reset_index(drop=True), rows[finished]
+    return _validate(long, name, names, rows)
 
 
 def _read(source) -> tuple[pd.DataFrame, str]:
@@ -203,29 +278,37 @@ def _read(source) -> tuple[pd.DataFrame, str]:
 
 
 class _Where:
-    """Builds 'source: row N, batch B, column C: ...' messages for the original row order."""
+    """Builds 'source: row N, batch B, column C: ...' messages for the original row order.
 
-    def __init__(self, frame: pd.DataFrame, name: str):
+    ``names`` maps the long format's column names to the file's; ``rows`` maps a row of ``frame``
+    to its row in the file (when rows were dropped)."""
+
+    def __init__(self, frame: pd.DataFrame, name: str, names: dict | None = None, rows: np.ndarray | None = None):
         self.frame = frame
         self.name = name
+        self.names = names or {}
+        self.rows = rows
 
     def fail(self, row: int, column: str | None, what: str) -> InputError:
         batch = self.frame["batch"].iat[row] if "batch" in self.frame else None
-        where = f"{self.name}: row {row + 1}"
+        where = f"{self.name}: row {(row if self.rows is None else int(self.rows[row])) + 1}"
         if batch is not None and not pd.isna(batch):
             where += f", batch {_plain(batch)}"
         if column:
-            where += f", column {column!r}"
+            where += f", column {self.names.get(column, column)!r}"
         return InputError(f"{where}: {what}")
 
 
-def _validate(frame: pd.DataFrame, name: str) -> ProductionData:
-    where = _Where(frame, name)
+def _validate(frame: pd.DataFrame, name: str, names: dict | None = None, rows: np.ndarray | None = None) -> ProductionData:
+    where = _Where(frame, name, names, rows)
     if len(frame) == 0:
         raise InputError(f"{name}: no rows")
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise InputError(f"{name}: missing column(s) {missing}; found {list(frame.columns)}")
+    if frame["machine"].isna().any():
+        frame = frame.assign(machine=frame["machine"].astype(object).where(frame["machine"].notna(), NO_MACHINE))
+        where.frame = frame
     for column in REQUIRED:
         nulls = np.flatnonzero(frame[column].isna().to_numpy())
         if len(nulls):

@@ -2,8 +2,12 @@
 
 It spells out, for every detection event (batch, step j with b_j > 0), the weight of each suspect
 step k <= j:  (1 - P_k) prod_{s<k} P_s prod_{s=k}^{j-1} a_s, on batches padded to the longest
-route. The C++ core reaches the same sums through linear-time recursions instead, so the two
-agreeing checks the algebra as well as the code. This one is the reference, not the fast path.
+route, and the log-likelihood sum_events b_j ln(sum_k weight (1 - a_j)) + sum F ln prod P; with
+escapes, the final good pieces F are one more event after the last step whose pieces are good
+(prod P) or escaped defects (weights prod_{s=k}^{J-1} a_s), and enter as F ln(prod P + escapes). The C++
+core reaches the same sums through linear-time recursions instead, so the two agreeing checks the
+algebra as well as the code. The SQUAREM and stop logic mirror ``cpp/em.cpp`` line for line. This
+one is the reference, not the fast path.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from fabguard.machine_yield.data import ProductionData
 from fabguard.machine_yield.em import EmFits
 
 _FLOOR = 1e-99
+_LO, _HI = 1e-12, 1.0 - 1e-12  # projection of SQUAREM's extrapolated point (see cpp/em.cpp)
+_STEP_FACTOR = 4.0
 
 
 def fit_em_numpy(
@@ -24,84 +30,173 @@ def fit_em_numpy(
     p0: np.ndarray,
     a0: np.ndarray,
     *,
-    tol: float = 1e-3,
-    max_iter: int = 100,
+    tol: float = 1e-13,
+    max_iter: int = 1000,
+    accelerate: bool = True,
+    stop: str = "loglik",
+    escapes: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> EmFits:
     shape = (len(subsets), data.n_machines)
     out = EmFits(np.empty(shape), np.empty(shape), np.empty(shape), np.empty(len(subsets), np.int32),
-                 np.empty(len(subsets), bool))
+                 np.empty(len(subsets), bool), np.empty(len(subsets)))
     for s, batches in enumerate(subsets):
-        y, a, d, it, conv = _fit_one(data, np.asarray(batches), p0, a0, tol, max_iter)
-        out.yield_[s], out.miss_rate[s], out.expected_defects[s] = y, a, d
-        out.n_iter[s], out.converged[s] = it, conv
+        model = _Model(data, np.asarray(batches), p0, a0, escapes)
+        theta, it, conv, loglik = _drive(model, tol, max_iter, accelerate, stop)
+        out.yield_[s], out.miss_rate[s], out.expected_defects[s] = model.results(theta)
+        out.n_iter[s], out.converged[s], out.loglik[s] = it, conv, loglik
         if progress is not None:
             progress(s + 1)
     return out
 
 
-def _fit_one(data, batches, p0, a0, tol, max_iter):
-    n_machines = data.n_machines
-    starts = data.batch_ptr[batches]
-    lengths = data.batch_ptr[batches + 1] - starts
-    width = int(lengths.max())
-    k = np.arange(width)
-    valid = k[None, :] < lengths[:, None]
-    rows = np.where(valid, starts[:, None] + k[None, :], 0)
-    mach = data.machine[rows]
-    det = np.where(valid, data.defects[rows], 0).astype(np.float64)
-    insp = valid & (data.inspects[rows] == 1)
-    final_good = data.final_good[batches].astype(np.float64)
+def _drive(model: "_Model", tol, max_iter, accelerate, stop):
+    """(estimate, updates, converged, loglik): the loops of ``fit_subset`` in cpp/em.cpp."""
+    th0 = model.start
+    if stop == "l2":
+        for it in range(1, max_iter + 1):
+            loglik, nxt = model.update(th0)
+            change = np.sqrt(np.sum((nxt[: model.m] - th0[: model.m]) ** 2))
+            th0 = nxt
+            if change <= tol:
+                return nxt, it, True, loglik
+        return nxt, max_iter, False, loglik
 
-    def per_machine(where, weights):
-        return np.bincount(mach[where], weights=weights[where], minlength=n_machines)
+    def small(new, old):
+        return abs(new - old) <= tol * abs(new)
 
-    present = np.bincount(mach[valid], minlength=n_machines) > 0
-    inspecting = np.bincount(mach[insp], minlength=n_machines) > 0
-    good_final = per_machine(valid, np.broadcast_to(final_good[:, None], valid.shape))
-    detected = per_machine(valid, det)
+    loglik, nxt = model.update(th0)
+    it = 1
+    if not accelerate:
+        while it < max_iter:
+            th0 = nxt
+            new, nxt = model.update(th0)
+            it += 1
+            done, loglik = small(new, loglik), new
+            if done:
+                return nxt, it, True, loglik
+        return nxt, it, False, loglik
 
-    ev_batch, ev_step = np.nonzero(det > 0)  # detection events
-    ev_count = det[ev_batch, ev_step]
-    suspect = k[None, :] <= ev_step[:, None]  # k <= j
-    upstream = k[None, :] < ev_step[:, None]  # s < j
-    ev_mach = mach[ev_batch]
+    step_max = 1.0
+    while it < max_iter:
+        th1 = nxt
+        _, th2 = model.update(th1)
+        it += 1
+        r, w = th1 - th0, th2 - 2.0 * th1 + th0
+        r2, w2 = float(np.sum(r * r)), float(np.sum(w * w))
+        step = min(step_max, max(1.0, np.sqrt(r2 / w2))) if w2 > 0.0 else 1.0
+        accepted = th2
+        if step > 1.0 and it < max_iter:
+            moving = (r != 0.0) | (w != 0.0)
+            thx = np.where(moving, np.clip(th0 + 2.0 * step * r + step * step * w, _LO, _HI), th0)
+            l_x, fx = model.update(thx)
+            it += 1
+            if l_x >= loglik:
+                accepted = fx
+            else:
+                if step == step_max:
+                    step_max = max(1.0, step_max / _STEP_FACTOR)
+                step = 1.0
+        if step == step_max:
+            step_max *= _STEP_FACTOR
+        th0 = accepted
+        if it >= max_iter:
+            return th0, it, False, loglik
+        new, nxt = model.update(th0)
+        it += 1
+        done, loglik = small(new, loglik), new
+        if done:
+            return nxt, it, True, loglik
+    return nxt, it, False, loglik
 
-    p = p0.astype(np.float64).copy()
-    a = np.where(inspecting, a0, 1.0)
-    converged = False
-    for it in range(1, max_iter + 1):
+
+class _Model:
+    """One subset's padded arrays; ``update(theta)`` is one EM update of theta = (yields, miss rates)."""
+
+    def __init__(self, data, batches, p0, a0, escapes):
+        self.m = m = data.n_machines
+        self.escapes = escapes
+        starts = data.batch_ptr[batches]
+        lengths = data.batch_ptr[batches + 1] - starts
+        width = int(lengths.max())
+        k = np.arange(width)
+        self.valid = valid = k[None, :] < lengths[:, None]
+        rows = np.where(valid, starts[:, None] + k[None, :], 0)
+        self.mach = mach = data.machine[rows]
+        det = np.where(valid, data.defects[rows], 0).astype(np.float64)
+        self.insp = insp = valid & (data.inspects[rows] == 1)
+        self.final_good = final_good = data.final_good[batches].astype(np.float64)
+
+        def per_machine(where, weights):
+            return np.bincount(mach[where], weights=weights[where], minlength=m)
+
+        self.present = np.bincount(mach[valid], minlength=m) > 0
+        self.inspecting = np.bincount(mach[insp], minlength=m) > 0
+        self.good_final = per_machine(valid, np.broadcast_to(final_good[:, None], valid.shape))
+        self.detected = per_machine(valid, det)
+        self.ev_batch, ev_step = np.nonzero(det > 0)  # detection events
+        self.ev_count = det[self.ev_batch, ev_step]
+        self.suspect = k[None, :] <= ev_step[:, None]  # k <= j
+        self.upstream = k[None, :] < ev_step[:, None]  # s < j
+        self.ev_mach = mach[self.ev_batch]
+        self.n_batches = len(batches)
+        self.start = np.r_[np.asarray(p0, np.float64), np.where(self.inspecting, a0, 1.0)]
+        self.d = self.missed = None
+
+    def update(self, theta):
+        m, mach, valid, insp = self.m, self.mach, self.valid, self.insp
+        p, a = theta[:m], theta[m:]
         step_p = np.where(valid, p[mach], 1.0)
         step_a = np.where(insp, a[mach], 1.0)
-        survive = np.concatenate([np.ones((len(batches), 1)), np.cumprod(step_p[:, :-1], axis=1)], axis=1)
+        survive = np.concatenate([np.ones((self.n_batches, 1)), np.cumprod(step_p[:, :-1], axis=1)], axis=1)
         first_defect = (1.0 - step_p) * survive * valid  # (1 - P_k) prod_{s<k} P_s
 
-        passed = np.where(upstream, step_a[ev_batch], 1.0)
+        passed = np.where(self.upstream, step_a[self.ev_batch], 1.0)
         slip = np.cumprod(passed[:, ::-1], axis=1)[:, ::-1]  # prod_{s=k}^{j-1} a_s
-        weight = first_defect[ev_batch] * slip * suspect
+        weight = first_defect[self.ev_batch] * slip * self.suspect
         total = weight.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
-            e = np.where(total > 0, ev_count[:, None] * weight / total, 0.0)  # e_ijk
+            e = np.where(total > 0, self.ev_count[:, None] * weight / total, 0.0)  # e_ijk
+            present, detected = self.present, self.detected
+            loglik = self.ev_count @ np.log(total[:, 0]) + detected[detected > 0] @ np.log(1.0 - a[detected > 0])
 
-        d = np.bincount(ev_mach.ravel(), weights=e.ravel(), minlength=n_machines)
+        ev_mach = self.ev_mach
+        d = np.bincount(ev_mach.ravel(), weights=e.ravel(), minlength=m)
         later = np.cumsum(e[:, ::-1], axis=1)[:, ::-1] - e  # h_ijk: good after k, bad later
-        g = good_final + np.bincount(ev_mach.ravel(), weights=later.ravel(), minlength=n_machines)
+        g = np.bincount(ev_mach.ravel(), weights=later.ravel(), minlength=m)
         slipped = np.cumsum(e, axis=1)  # defects made at or before s, detected at j > s
-        past = insp[ev_batch] & upstream
-        missed = np.bincount(ev_mach[past], weights=slipped[past], minlength=n_machines)
+        past = insp[self.ev_batch] & self.upstream
+        missed = np.bincount(ev_mach[past], weights=slipped[past], minlength=m)
+        if self.escapes:  # the final good pieces: truly good (prod P) or escaped every inspection
+            escape_weight = first_defect * np.cumprod(step_a[:, ::-1], axis=1)[:, ::-1]  # prod_{s>=k} a_s
+            good_prob = survive[:, -1] * step_p[:, -1]  # prod P
+            unflagged = good_prob + escape_weight.sum(axis=1)
+            fg = self.final_good
+            with np.errstate(invalid="ignore", divide="ignore"):
+                loglik += fg[fg > 0] @ np.log(unflagged[fg > 0])
+                scale = np.where(fg > 0, fg / unflagged, 0.0)
+            esc = scale[:, None] * escape_weight
+            d += np.bincount(mach[valid], weights=esc[valid], minlength=m)
+            good_rows = np.broadcast_to((scale * good_prob)[:, None], valid.shape)
+            esc_later = np.cumsum(esc[:, ::-1], axis=1)[:, ::-1] - esc
+            g += np.bincount(mach[valid], weights=(esc_later + good_rows)[valid], minlength=m)
+            missed += np.bincount(mach[insp], weights=np.cumsum(esc, axis=1)[insp], minlength=m)
+        else:
+            loglik += self.good_final[present] @ np.log(p[present])
+            g += self.good_final
 
         with np.errstate(invalid="ignore", divide="ignore"):
             p_new = np.where(present & (g + d > 0), g / (g + d), p)
             seen = missed + detected
-            a_new = np.where(inspecting & (seen > 0), missed / seen, a)
+            a_new = np.where(self.inspecting & (seen > 0), missed / seen, a)
         p_new = np.where(present & ~(p_new > 0), _FLOOR, p_new)
-        a_new = np.where(inspecting & ~(a_new > 0), _FLOOR, a_new)
-        change = np.sqrt(np.sum((p_new - p)[present] ** 2))
-        p, a = p_new, a_new
-        if change <= tol:
-            converged = True
-            break
+        a_new = np.where(self.inspecting & ~(a_new > 0), _FLOOR, a_new)
+        self.d, self.missed = d, missed
+        return loglik, np.r_[p_new, a_new]
 
-    informed = inspecting & (missed + detected > 0)
-    return (np.where(present, p, np.nan), np.where(present & informed, a, np.nan), np.where(present, d, np.nan),
-            it, converged)
+    def results(self, theta):
+        """(yield, miss rate, expected defects) as the report shows them; d from the last update."""
+        m, present = self.m, self.present
+        informed = self.inspecting & (self.missed + self.detected > 0)
+        return (np.where(present, theta[:m], np.nan), np.where(present & informed, theta[m:], np.nan),
+                np.where(present, self.d, np.nan))

@@ -20,7 +20,8 @@ class YieldReport:
     ``machines`` has one row per machine, sorted by ``yield`` (lowest first), with at least:
     ``machine, batches, uses, pieces, inspects, yield, ci_low, ci_high, p_value, significant,
     low_yield``. ``significant`` marks machines whose yield is significantly below the threshold;
-    ``low_yield`` keeps the first ``max_candidates`` of those, which is the list to act on.
+    ``low_yield`` is the list to act on. ``display_limit`` caps how many flagged machines
+    :meth:`to_text` lists (the fdr rule's ``max_candidates``: a display limit, not a decision).
     Methods add their own columns (see each estimator).
     """
 
@@ -30,6 +31,7 @@ class YieldReport:
     alpha: float
     params: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    display_limit: int | None = None
 
     @property
     def low_yield(self) -> list:
@@ -48,6 +50,7 @@ class YieldReport:
             "low_yield": json.loads(pd.Series(self.low_yield, dtype=object).to_json(orient="values")),
             "params": self.params,
             "summary": self.summary,
+            "display_limit": self.display_limit,
             "machines": records,
         }
 
@@ -62,20 +65,31 @@ class YieldReport:
     def to_text(self, top: int = 15) -> str:
         """A terminal table: the flagged machines and the lowest ``top`` estimates."""
         m = self.machines
-        shown = m[m["low_yield"] | (np.arange(len(m)) < top)]
+        flagged = m["low_yield"].to_numpy(bool, copy=True)
+        if self.display_limit is not None:
+            flagged &= np.cumsum(flagged) <= self.display_limit
+        shown = m[flagged | (np.arange(len(m)) < top)]
         columns = [c for c in ("machine", "batches", "pieces", "yield", "ci_low", "ci_high", "p_value",
-                               "q_value", "miss_rate", "low_yield") if c in shown.columns]
+                               "q_value", "miss_rate", "status", "low_yield") if c in shown.columns]
         table = shown[columns].to_string(
             index=False,
             formatters={c: "{:.4f}".format for c in ("yield", "ci_low", "ci_high", "miss_rate")}
             | {c: "{:.2e}".format for c in ("p_value", "q_value")},
             na_rep="-",
         )
+        low = self.low_yield
+        listed = low if self.display_limit is None else low[: self.display_limit]
         head = (f"{self.method}: {len(m)} machines, threshold {self.threshold:.5f}, alpha {self.alpha}; "
-                f"low-yield: {', '.join(map(str, self.low_yield)) or 'none'}")
+                f"low-yield: {', '.join(map(str, listed)) or 'none'}")
+        if len(listed) < len(low):
+            head += f" ... ({len(low)} flagged; the first {len(listed)} listed)"
         significant = int(m["significant"].sum())
-        if significant > len(self.low_yield):
-            head += f" ({significant} significant; the list is capped at {len(self.low_yield)})"
+        if significant > len(low):
+            head += f" ({significant} significant; the list is capped at {len(low)})"
+        if "status" in m:
+            few = int((m["status"] == "too few batches").sum())
+            if few:
+                head += f"; {few} machine(s) in too few batches to tell"
         return head + "\n" + table
 
     def plot(self, path=None, top: int = 30):
