@@ -4,7 +4,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -56,7 +58,9 @@ def test_bad_input_exits_2_with_a_clear_message_and_no_output_file(tmp_path, cap
     code, _, err = run(capsys, "evaluate", "--dataset", "simulate", "--regime", "stormy", "--out", str(out))
     assert code == 2 and "unknown simulator regime 'stormy'" in err
     routed = tmp_path / "routed.csv"
-    code, _, err = run(capsys, "route", "--model", str(tmp_path), "--data", str(table), "--out", str(routed))
+    (tmp_path / "not_a_model").mkdir()
+    code, _, err = run(capsys, "route", "--model", str(tmp_path / "not_a_model"), "--data", str(table), "--out",
+                       str(routed))
     assert code == 2 and "no manifest.json" in err and not routed.exists()
     frame = pd.read_csv(table).assign(b=float("nan"))
     frame.to_csv(table, index=False)
@@ -82,7 +86,7 @@ def test_seed_reproduces_and_changes_results(saved, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--members", "0"], "--members: '0' must be an integer in [1, inf)"),
+    (["train", "--members", "0"], "--members: '0' must be an integer in [1, 100]"),
     (["train", "--threads", "0"], "--threads"), (["train", "--sample-rate", "1.5"], "--sample-rate"),
     (["train", "--lambda", "nan"], "--lambda"), (["train", "--seed", "-1"], "--seed"),
     (["train", "--seed", "1e23"], "--seed"), (["train", "--rule", "best"], "invalid choice: 'best'"),
@@ -111,10 +115,11 @@ def test_outputs_are_checked_before_any_work(saved, table, tmp_path, capsys, mon
         real = os.access
         monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == locked else real(path, mode))
     try:
-        for argv in (["train", "--dataset", "simulate"], ["evaluate", "--dataset", "simulate"],
-                     ["route", "--model", str(saved[0]), "--data", str(data)], ["simulate"]):
+        for argv, name in ((["train", "--dataset", "simulate"], "out"), (["evaluate", "--dataset", "simulate"], "out"),
+                           (["route", "--model", str(saved[0]), "--data", str(data)], "out.csv"),
+                           (["simulate"], "out.csv")):
             start = time.perf_counter()
-            code, _, err = run(capsys, *argv, "--out", str(locked / "out"))
+            code, _, err = run(capsys, *argv, "--out", str(locked / name))
             assert code == 2 and "no permission to write" in err and time.perf_counter() - start < 5
     finally:
         locked.chmod(0o700)
@@ -145,6 +150,62 @@ def test_interrupted_train_leaves_the_old_model_whole(saved, table, tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "table.csv"]  # no temporary folder left
     pd.testing.assert_frame_equal(Router.load(model, seed=1).route(table[1], budget=0.3), before)
+
+
+def _interrupt_train(folder, data, roles, phase):
+    """Run ``fabguard active train --out folder/model`` as the console script does (``fabguard.cli.main``),
+    in its own process group and started with SIGINT ignored (as a job started in the background by a
+    shell inherits it), send SIGINT to the whole group once ``phase`` is reached, and return
+    (exit code, stderr, seconds from the signal to the exit)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from fabguard.cli import main; sys.exit(main())",
+                             "active", "train", "--data", str(data), "--label", roles.label, "--basic",
+                             ",".join(roles.basic), "--advanced", ",".join(roles.advanced), "--members", "1",
+                             "--threads", "1", "--out", str(folder / "model")],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    err = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
+    reader.start()
+    reached = {"fit": lambda: "train:" in "".join(err),
+               "teacher": lambda: "teacher done" in "".join(err),
+               "save": lambda: any(tmp.is_dir() and any(tmp.glob("*.onnx")) for tmp in folder.glob(".model.*"))}
+    while not reached[phase]():
+        assert proc.poll() is None, f"train ended before {phase}: {''.join(err)}"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    start = time.perf_counter()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    seconds = time.perf_counter() - start
+    reader.join(timeout=10)
+    return proc.returncode, "".join(err), seconds
+
+
+def test_sigint_to_the_process_group_stops_train_at_any_phase(saved, table, tmp_path):
+    """The hostile-input report: a real SIGINT to the process group of a train started with SIGINT
+    ignored (a background job) was ignored, and the new model replaced the old one. At each phase (fitting,
+    after the teacher, while the new folder's graphs are written) train must exit promptly with 130 and one
+    line, leave no temporary folder, and keep the existing model byte for byte."""
+    data = tmp_path / "table.csv"
+    table[0].iloc[:800].to_csv(data, index=False)
+    phases = ("fit", "teacher", "save")
+    folders = {phase: tmp_path / phase for phase in phases}
+    before = {}
+    for phase, folder in folders.items():
+        shutil.copytree(saved[0], folder / "model")
+        before[phase] = {p.name: p.read_bytes() for p in (folder / "model").iterdir()}
+    with ThreadPoolExecutor(len(phases)) as pool:
+        results = dict(zip(phases, pool.map(lambda ph: _interrupt_train(folders[ph], data, table[2], ph), phases)))
+    for phase, (code, err, seconds) in results.items():
+        assert code == 130 and "Traceback" not in err and err.rstrip().endswith("fabguard: interrupted"), (phase, err)
+        assert seconds < 30, (phase, seconds)
+        assert [p.name for p in folders[phase].iterdir()] == ["model"], phase  # no temporary folder left
+        assert {p.name: p.read_bytes() for p in (folders[phase] / "model").iterdir()} == before[phase], phase
+    Router.load(folders["save"] / "model")
 
 
 def test_train_never_replaces_a_folder_holding_other_files(tmp_path, capsys):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from fabguard.cli import main
 
 NUMBERS = st.sampled_from(["0", "1", "-1", "0.5", "2", "nan", "inf", "-inf", "1e308", "1e23", "abc", "", "0x10",
-                           "4294967296", "3"])
+                           "4294967296", "3", "1024", "1025", "100000000"])
 BAD = {"--members": "0", "--threads": "0", "--seeds": "0", "--test-fraction": "1", "--fpr": "nan",
        "--sample-rate": "1.5", "--lambda": "2", "--seed": "-1"}
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 2**40) | st.floats() | st.text(max_size=5),
@@ -52,7 +52,7 @@ def inputs(saved, table, tmp_path_factory):
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(command=st.sampled_from(["route", "simulate", "train", "evaluate"]), data=st.data())
 def test_cli_arguments_never_end_in_a_traceback(inputs, command, data):
-    out = str(inputs["root"] / "out")
+    out = str(inputs["root"] / ("out.csv" if command in ("route", "simulate") else "out"))
     if command == "route":
         argv = ["route", "--model", str(data.draw(st.sampled_from([inputs["model"], inputs["root"]]))),
                 "--data", str(data.draw(st.sampled_from(sorted(inputs["tables"].values())))), "--out", out]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
 from pathlib import Path
 
 from fabguard import registry
+from fabguard.active.limits import MAX_MEMBERS, MAX_THREADS, MEMBERS, THREADS
 from fabguard.cli import add_seed, typed
 from fabguard.params import FRACTION_OPEN, POSITIVE_INT, Interval
 
@@ -16,6 +18,7 @@ DATASETS = ("table", "ai4i2020", "secom", "simulate")
 FRACTION = Interval(float, 0, 1)
 RATE = Interval(float, 0, 1, "right")  # a sampling rate: some products, at most all
 COST = Interval(float, 0, None)
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")  # what read_table reads back
 
 
 def _names(text: str | None) -> tuple[str, ...]:
@@ -42,7 +45,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lambda", dest="distill_lambda", metavar="LAMBDA", type=typed(float, FRACTION), default=0.5,
                    help="distillation weight in [0, 1] (0 = no distillation)")
     g.add_argument("--temperature", type=typed(float, Interval(float, 0, None, "neither")), default=2.0)
-    g.add_argument("--members", type=typed(int, POSITIVE_INT), default=3, help="ensemble members per network")
+    g.add_argument("--members", type=typed(int, MEMBERS), default=3,
+                   help=f"ensemble members per network, 1 to {MAX_MEMBERS}")
     g.add_argument("--calibration", choices=("platt", "isotonic"), default="platt")
     c = p.add_argument_group("costs (per product)")
     c.add_argument("--cost-basic", type=typed(float, COST), default=1.0)
@@ -53,8 +57,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     add_seed(p)
-    p.add_argument("--threads", type=typed(int, POSITIVE_INT), default=1,
-                   help="PyTorch / ONNX Runtime threads (small MLPs run best on 1)")
+    p.add_argument("--threads", type=typed(int, THREADS), default=1,
+                   help=f"PyTorch / ONNX Runtime threads, 1 to {MAX_THREADS}; at most one per core is used "
+                        "(small MLPs run best on 1)")
 
 
 def register(subparsers) -> None:
@@ -69,7 +74,7 @@ def register(subparsers) -> None:
     p.add_argument("--budget", type=typed(float, FRACTION),
                    help="default share to inspect (default: cost-minimising on validation)")
     p.add_argument("--out", type=Path, required=True, help="model folder (replaced whole when training ends)")
-    p.set_defaults(func=train)
+    p.set_defaults(func=_interruptible(train))
 
     p = subparsers.add_parser("evaluate", help="metrics against the advanced-inspection ratio, over seeds and splits")
     _data_args(p)
@@ -83,19 +88,20 @@ def register(subparsers) -> None:
     p.add_argument("--fpr", type=typed(float, FRACTION_OPEN), default=0.05,
                    help="false-alarm rate for the recall metric, in (0, 1)")
     p.add_argument("--out", type=Path, required=True, help="results directory")
-    p.set_defaults(func=evaluate)
+    p.set_defaults(func=_interruptible(evaluate))
 
     p = subparsers.add_parser("route", help="route a table of products with a saved model")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="CSV / Parquet with the model's basic columns")
-    p.add_argument("--out", type=Path, required=True, help="CSV: decision, fault_score, routing_score, final_score")
+    p.add_argument("--out", type=Path, required=True,
+                   help="table (.csv, .csv.gz, .parquet): decision, fault_score, routing_score, final_score")
     p.add_argument("--budget", type=typed(float, FRACTION), help="share of products to inspect (default: the model's)")
     p.add_argument("--money", type=typed(float, COST),
                    help="money for advanced inspections (batch: in all; stream: per product)")
     p.add_argument("--mode", choices=("batch", "stream"), default="batch")
     p.add_argument("--rule", choices=registry.available("routing_rule"), help="routing rule (default: the model's)")
     _common(p)
-    p.set_defaults(func=route)
+    p.set_defaults(func=_interruptible(route))
 
     p = subparsers.add_parser("simulate", help="write a simulated table of basic and advanced inspections")
     p.add_argument("--regime", default="reference", help="named parameter set (overridden by the options below)")
@@ -104,9 +110,42 @@ def register(subparsers) -> None:
     p.add_argument("--label-noise", type=typed(float, Interval(float, 0, 1, "left")))
     p.add_argument("--fault-rate", type=typed(float, FRACTION_OPEN))
     p.add_argument("--sample-rate", type=typed(float, RATE), default=1.0)
-    p.add_argument("--out", type=Path, required=True, help="CSV file")
+    p.add_argument("--out", type=Path, required=True, help="table file: .csv, .csv.gz or .parquet")
     _common(p)
-    p.set_defaults(func=simulate)
+    p.set_defaults(func=_interruptible(simulate))
+
+
+def _interruptible(command):
+    """``command`` with Ctrl-C always ending in ``KeyboardInterrupt`` (the CLI's one line and exit 130).
+    A Ctrl-C that lands while a compiled module initialises (torch, onnx, onnxruntime are imported
+    lazily, some in the middle of ``train``) surfaces as ``ImportError: initialization failed`` instead,
+    and a C++ library may turn it into its own error: after an interrupt, any error is the interrupt."""
+
+    @functools.wraps(command)
+    def run(args):
+        import signal
+        import threading
+
+        interrupted = []
+        previous = signal.getsignal(signal.SIGINT)
+        watch = threading.current_thread() is threading.main_thread() and callable(previous)
+        if watch:
+            def interrupt(signum, frame):
+                interrupted.append(signum)
+                previous(signum, frame)  # the CLI's: raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, interrupt)
+        try:
+            return command(args)
+        except Exception:  # noqa: BLE001 - re-raised unless it is the interrupt's consequence
+            if interrupted:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            if watch:
+                signal.signal(signal.SIGINT, previous)
+
+    return run
 
 
 def _setup(args) -> None:
@@ -115,8 +154,28 @@ def _setup(args) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(min(args.threads, os.cpu_count() or 1))  # more threads than cores only cost memory
     torch.manual_seed(args.seed)
+
+
+def _check_table_out(path: Path, what: str, inputs=()) -> None:
+    """A table output path: a suffix the readers read back (checked before any work), then writable."""
+    from fabguard.errors import InputError
+    from fabguard.outputs import check_output
+
+    if not str(path).lower().endswith(TABLE_SUFFIXES):
+        raise InputError(f"{what} {path}: use a .csv, .csv.gz or .parquet file name")
+    check_output(path, what, inputs=inputs)
+
+
+def _write_table(frame, path: Path, **options) -> None:
+    from fabguard.outputs import atomic_path
+
+    with atomic_path(path) as tmp:
+        if str(path).lower().endswith((".parquet", ".pq")):
+            frame.to_parquet(tmp, **options)
+        else:  # the temporary file keeps the suffix, so .gz is compressed
+            frame.to_csv(tmp, compression="gzip" if str(path).lower().endswith(".gz") else None, **options)
 
 
 def _regime(name: str) -> dict:
@@ -221,14 +280,12 @@ def evaluate(args) -> int:
 def route(args) -> int:
     from fabguard.active import data
     from fabguard.active.router import Router
-    from fabguard.outputs import atomic_path, check_output
 
-    check_output(args.out, "routing output", inputs=[args.data, args.model])
+    _check_table_out(args.out, "routing output", inputs=[args.data, args.model])
     router = Router.load(args.model, seed=args.seed, threads=args.threads)
     frame = data.read_table(args.data)
     result = router.route(frame, budget=args.budget, money=args.money, mode=args.mode, rule=args.rule)
-    with atomic_path(args.out) as tmp:
-        result.to_csv(tmp, index_label="row")
+    _write_table(result.rename_axis("row").reset_index(), args.out, index=False)
     inspected = int((result["decision"] == "inspect").sum())
     print(f"{inspected} of {len(result)} products sent to advanced inspection; results in {args.out}")
     return 0
@@ -236,15 +293,13 @@ def route(args) -> int:
 
 def simulate(args) -> int:
     from fabguard.active.simulate import simulate_inspections
-    from fabguard.outputs import atomic_path, check_output
 
-    check_output(args.out, "simulated table")
+    _check_table_out(args.out, "simulated table")
     params = _regime(args.regime)
     overrides = {"n_products": args.n_products, "info_gap": args.info_gap, "label_noise": args.label_noise,
                  "fault_rate": args.fault_rate, "sample_rate": args.sample_rate}
     params.update({k: v for k, v in overrides.items() if v is not None})
     frame, roles = simulate_inspections(**params, seed=args.seed)
-    with atomic_path(args.out) as tmp:
-        frame.to_csv(tmp, index=False)
+    _write_table(frame, args.out, index=False)
     print(json.dumps({"out": str(args.out), "roles": roles.to_dict(), "fault_rate": float(frame[roles.label].mean())}))
     return 0

@@ -94,12 +94,17 @@ def _show(value) -> str:
 
 
 def check_columns(frame: pd.DataFrame, columns) -> None:
-    """Refuse a table that lacks a column the roles name (an unknown column)."""
+    """Refuse a table that lacks a column the roles name (an unknown column), or holds one of them twice
+    (possible in a DataFrame, where selecting it would give a table instead of a column)."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         known = ", ".join(map(str, frame.columns[:20]))
         raise InputError(f"{_where(frame)}: unknown column(s) {missing}; the table has: {known}"
                          + (" ..." if len(frame.columns) > 20 else ""))
+    twice = [c for c in dict.fromkeys(columns) if frame.columns.has_duplicates and int((frame.columns == c).sum()) > 1]
+    if twice:
+        raise InputError(f"{_where(frame)}: column(s) {twice} appear more than once in the table; "
+                         "give each column one name")
 
 
 def labels(frame: pd.DataFrame, roles: Roles) -> np.ndarray:

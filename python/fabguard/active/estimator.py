@@ -26,12 +26,13 @@ from sklearn.utils.validation import check_is_fitted
 from fabguard import registry
 from fabguard.active import data
 from fabguard.active.calibration import Calibrator
+from fabguard.active.limits import MEMBERS
 from fabguard.active.models import NetClassifier, NetRegressor, make_teacher, out_of_fold
 from fabguard.active.preprocessing import Preprocessor
 from fabguard.active.routing import CostModel, batch_count, inspection_value, make_rules, ranks
 from fabguard.active.system import Outputs, System, teacher_logit
 from fabguard.errors import InputError
-from fabguard.params import (FRACTION_OPEN, NONE, POSITIVE_INT, SEED, Instance, Interval, Options, ValidatedParams,
+from fabguard.params import (FRACTION_OPEN, NONE, SEED, Instance, Interval, Options, ValidatedParams,
                              check)
 
 RATIO_GRID = np.round(np.linspace(0, 1, 51), 4)
@@ -49,7 +50,7 @@ class ActiveInspector(ValidatedParams, BaseEstimator):
     _parameter_constraints = {
         "roles": [Instance(data.Roles)], "teacher": [Options(("mlp", "gbm"))],
         "distill_lambda": [Interval(float, 0, 1)], "temperature": [Interval(float, 0, None, "neither")],
-        "n_members": [POSITIVE_INT], "hidden": [Instance((tuple, list))],
+        "n_members": [MEMBERS], "hidden": [Instance((tuple, list))],
         "calibration": [Options(("platt", "isotonic"))], "rule": [Instance(str)],
         "budget": [Interval(float, 0, 1), NONE], "cost": [Instance(CostModel)],
         "validation_fraction": [FRACTION_OPEN], "n_folds": [Interval(int, 2, None)], "random_state": [SEED],

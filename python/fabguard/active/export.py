@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import uuid
 import zipfile
@@ -25,10 +26,11 @@ import numpy as np
 from fabguard import registry
 from fabguard.active.calibration import Calibrator
 from fabguard.active.data import Roles
+from fabguard.active.limits import MAX_MEMBERS
 from fabguard.active.preprocessing import Preprocessor
 from fabguard.active.routing import CostModel
 from fabguard.active.system import NETWORKS, System
-from fabguard.errors import InputError, ModelFileError
+from fabguard.errors import InputError, InvalidParameterError, ModelFileError
 from fabguard.outputs import atomic_dir, atomic_path
 from fabguard.runtime.metadata import attach
 from fabguard.runtime.parity import float32_bound, max_abs_diff
@@ -137,7 +139,8 @@ def save(inspector, directory, seed: int = 0) -> dict:
     check_replaceable(directory)
     system, model_id = inspector.system_, uuid.uuid4().hex
     rng = np.random.default_rng(seed)
-    with atomic_dir(directory) as tmp:
+    commit = _CommitPoint()
+    with commit, atomic_dir(directory) as tmp:
         graphs = {}
         for name, (model, width, reference) in networks(inspector).items():
             path = tmp / f"{name}.onnx"
@@ -169,7 +172,46 @@ def save(inspector, directory, seed: int = 0) -> dict:
             "sha256": {p.name: _sha256(p) for p in sorted(tmp.iterdir())},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_json_default))
+        commit.reached()  # the new folder is complete: from here the swap runs to its end
     return manifest
+
+
+class _CommitPoint:
+    """Ctrl-C and a save's commit point. Until :meth:`reached`, Ctrl-C raises ``KeyboardInterrupt`` as
+    usual, which abandons the new folder and leaves the earlier model untouched. From then until the
+    block ends (the swap of the two folders and the removal of the old one: milliseconds), a Ctrl-C is
+    held back and then dropped, because the new model is already whole: an interrupted ``train`` thus
+    always exits with the old model in place, and a finished one with the new. Only in the main thread,
+    where Python delivers signals, and only while a Python handler (``KeyboardInterrupt``) is set."""
+
+    def __init__(self):
+        self.previous = None
+        self.held = False
+
+    def __enter__(self):
+        return self
+
+    def reached(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if not callable(signal.getsignal(signal.SIGINT)):  # ignored, or the default (the process ends)
+            return
+
+        def hold(signum, frame):
+            self.held = True
+
+        self.previous = signal.signal(signal.SIGINT, hold)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+        return False
 
 
 def _json_default(value):
@@ -178,8 +220,146 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+PARTS = (ARRAYS, *(f"{name}.onnx" for name in NETWORKS))
+MANIFEST_KEYS = ("format", "model", "roles", "params", "cost", "rule", "budget", "rules", "best_budget",
+                 "value_members", "preprocessing", "calibration", "graphs", "sha256")
+GRAPH_KEYS = ("file", "inputs", "outputs", "max_abs_diff_vs_reference", "float32_bound")
+PREPROCESSING_KEYS = ("columns", "categorical", "fill", "categories")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_manifest(manifest: dict, path) -> None:
+    """Refuse, with the key named, a manifest whose structure or types differ from what :func:`save`
+    writes: every key present (and no other at the top level), column names lists of strings, numbers
+    finite and in range, graph files the plain names ``student.onnx`` ... inside the folder, one sha256
+    per part, and preprocessing columns that match the roles. Values that need the arrays or the rule
+    registry are checked when the system is built."""
+
+    def fail(key: str, expected: str, value) -> None:
+        raise ModelFileError(f"{path}: {key} must be {expected}, got {_shown(value)}")
+
+    def obj(key: str, value, keys=None) -> dict:
+        if not isinstance(value, dict):
+            fail(key, "an object" if keys is None else f"an object with the keys {list(keys)}", value)
+        if keys is not None and set(value) != set(keys):
+            missing, extra = sorted(set(keys) - set(value)), sorted(set(value) - set(keys))
+            raise ModelFileError(f"{path}: {key} must have exactly the keys {list(keys)}"
+                                 + (f"; missing {missing}" if missing else "") + (f"; unknown {extra}" if extra else ""))
+        return value
+
+    def text(key: str, value) -> str:
+        if not isinstance(value, str) or not value:
+            fail(key, "a non-empty string", value)
+        return value
+
+    def strings(key: str, value, allow_empty: bool = False) -> list:
+        if not isinstance(value, list) or not all(isinstance(v, str) and (v or allow_empty) for v in value):
+            fail(key, "a list of " + ("strings" if allow_empty else "column names (non-empty strings)"), value)
+        return value
+
+    def number(key: str, value, low: float | None = None, high: float | None = None) -> float:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float))
+        try:
+            ok = ok and math.isfinite(float(value))
+        except OverflowError:  # an integer beyond float range
+            ok = False
+        if not ok or (low is not None and value < low) or (high is not None and value > high):
+            where = f" in [{low}, {'inf' if high is None else high}]" if low is not None else ""
+            fail(key, f"a finite number{where}", value)
+        return value
+
+    def integer(key: str, value, low: int = 1, high: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            fail(key, f"an integer in [{low}, {'inf' if high is None else high}]", value)
+        return value
+
+    def finite(key: str, value) -> None:  # no NaN / Infinity anywhere (JSON as Python writes it allows them)
+        stack = [(key, value)]
+        while stack:  # iterative: a crafted manifest may nest as deep as the JSON parser allows
+            key, value = stack.pop()
+            if isinstance(value, float) and not math.isfinite(value):
+                fail(key, "a finite number", value)
+            if isinstance(value, dict):
+                stack += [(f"{key}.{k}", v) for k, v in value.items()]
+            elif isinstance(value, list):
+                stack += [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+
+    obj("the manifest", manifest, MANIFEST_KEYS)
+    for key in MANIFEST_KEYS:
+        finite(key, manifest[key])
+    text("model", manifest["model"])
+    roles = obj("roles", manifest["roles"], ("label", "basic", "advanced", "categorical", "time"))
+    text("roles.label", roles["label"])
+    for key in ("basic", "advanced", "categorical"):
+        strings(f"roles.{key}", roles[key])
+    if roles["time"] is not None:
+        text("roles.time", roles["time"])
+    try:
+        Roles.from_dict(roles)
+    except InputError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    obj("params", manifest["params"])
+    cost = obj("cost", manifest["cost"], ("basic", "advanced", "miss", "false_alarm"))
+    for key, value in cost.items():
+        number(f"cost.{key}", value, 0)
+    text("rule", manifest["rule"])
+    if manifest["budget"] is not None:
+        number("budget", manifest["budget"], 0, 1)
+    for name, params in obj("rules", manifest["rules"]).items():
+        obj(f"rules.{name}", params)
+    for name, value in obj("best_budget", manifest["best_budget"]).items():
+        number(f"best_budget.{name}", value, 0, 1)
+    integer("value_members", manifest["value_members"], 1, MAX_MEMBERS)
+    preprocessing = obj("preprocessing", manifest["preprocessing"], ("basic", "full"))
+    expected = {"basic": roles["basic"], "full": roles["basic"] + roles["advanced"]}
+    for part, columns in expected.items():
+        spec = obj(f"preprocessing.{part}", preprocessing[part], PREPROCESSING_KEYS)
+        if strings(f"preprocessing.{part}.columns", spec["columns"]) != columns:
+            fail(f"preprocessing.{part}.columns", f"the roles' columns {columns}", spec["columns"])
+        if strings(f"preprocessing.{part}.categorical", spec["categorical"]) != roles["categorical"]:
+            fail(f"preprocessing.{part}.categorical", f"roles.categorical {roles['categorical']}", spec["categorical"])
+        strings(f"preprocessing.{part}.fill", spec["fill"], allow_empty=True)
+        if not isinstance(spec["categories"], list):
+            fail(f"preprocessing.{part}.categories", "a list of lists of strings", spec["categories"])
+        for i, values in enumerate(spec["categories"]):
+            strings(f"preprocessing.{part}.categories[{i}]", values, allow_empty=True)
+    calibration = obj("calibration", manifest["calibration"], ("student", "teacher"))
+    for part in ("student", "teacher"):
+        spec = obj(f"calibration.{part}", calibration[part])
+        method = spec.get("method")
+        if method == "platt":
+            obj(f"calibration.{part}", spec, ("method", "coef", "intercept"))
+            number(f"calibration.{part}.coef", spec["coef"])
+            number(f"calibration.{part}.intercept", spec["intercept"])
+        elif method == "isotonic":
+            obj(f"calibration.{part}", spec, ("method",))
+        else:
+            fail(f"calibration.{part}.method", "'platt' or 'isotonic'", method)
+    graphs = obj("graphs", manifest["graphs"], NETWORKS)
+    for name in NETWORKS:
+        graph = obj(f"graphs.{name}", graphs[name], GRAPH_KEYS)
+        if graph["file"] != f"{name}.onnx":
+            fail(f"graphs.{name}.file", f"{name + '.onnx'!r} (the plain file name inside the model folder)",
+                 graph["file"])
+        integer(f"graphs.{name}.inputs", graph["inputs"])
+        integer(f"graphs.{name}.outputs", graph["outputs"])
+        number(f"graphs.{name}.max_abs_diff_vs_reference", graph["max_abs_diff_vs_reference"], 0)
+        number(f"graphs.{name}.float32_bound", graph["float32_bound"], 0)
+    hashes = obj("sha256", manifest["sha256"], PARTS)
+    for name, digest in hashes.items():
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            fail(f"sha256.{name}", "64 lower-case hex digits", digest)
+
+
 def read_manifest(directory) -> tuple[Path, dict]:
     """(folder, manifest) of a model folder whose parts are all present and unchanged since saving."""
+    if isinstance(directory, bytes) or not isinstance(directory, (str, os.PathLike)):
+        raise InvalidParameterError(f"model folder: expected a path (str or os.PathLike), got "
+                                    f"{type(directory).__name__} {directory!r:.80}")
     directory = Path(directory)
     if not directory.exists():
         raise ModelFileError(f"{directory}: no such model folder")
@@ -195,22 +375,17 @@ def read_manifest(directory) -> tuple[Path, dict]:
         raise ModelFileError(f"{directory}: not a saved active-inspection model (no {MANIFEST})")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ModelFileError(f"{path}: nested too deeply to be a model description; the file is damaged") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{path}: not valid JSON ({exc}); the file is damaged") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise ModelFileError(f"{path}: format {found!r}, expected {FORMAT!r}")
-    hashes = manifest.get("sha256")
-    graphs = manifest.get("graphs")
-    if not isinstance(hashes, dict) or not isinstance(graphs, dict) or set(graphs) != set(NETWORKS):
-        raise ModelFileError(f"{path}: the part list (sha256, graphs) is missing or incomplete")
-    needed = {ARRAYS, *(f"{name}.onnx" for name in NETWORKS)}
-    for name in sorted(needed | set(hashes)):
-        part = directory / str(name)
-        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-            raise ModelFileError(f"{path}: part name {name!r} is not a file name in the folder")
-        if name not in hashes:
-            raise ModelFileError(f"{path}: no sha256 for the part {name}")
+    check_manifest(manifest, path)
+    hashes = manifest["sha256"]
+    for name in sorted(hashes):
+        part = directory / name
         if not part.is_file():
             raise ModelFileError(f"{part}: part missing from the model folder")
         if _sha256(part) != hashes[name]:
@@ -232,7 +407,7 @@ def load(directory) -> tuple[System, dict]:
         return _system(manifest, arrays), manifest
     except ModelFileError as exc:
         raise ModelFileError(f"{directory / MANIFEST}: {exc}") from None
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
         raise ModelFileError(f"{directory / MANIFEST}: invalid model description ({type(exc).__name__}: "
                              f"{exc})") from None
 

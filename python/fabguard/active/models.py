@@ -20,6 +20,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from fabguard.active.limits import MEMBERS
 from fabguard.active.system import logit_of
 from fabguard.errors import InputError
 from fabguard.params import FRACTION_OPEN, POSITIVE_INT, SEED, Instance, Interval, ValidatedParams, check
@@ -69,7 +70,7 @@ def as_float32(x) -> np.ndarray:
 
 
 _NET_CONSTRAINTS = {
-    "hidden": [Instance((tuple, list))], "dropout": [Interval(float, 0, 1, "left")], "n_members": [POSITIVE_INT],
+    "hidden": [Instance((tuple, list))], "dropout": [Interval(float, 0, 1, "left")], "n_members": [MEMBERS],
     "lr": [Interval(float, 0, None, "neither")], "weight_decay": [Interval(float, 0, None)],
     "batch_size": [POSITIVE_INT], "max_epochs": [POSITIVE_INT], "patience": [POSITIVE_INT],
     "holdout": [FRACTION_OPEN], "random_state": [SEED],

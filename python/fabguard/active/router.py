@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from fabguard.active import export
+from fabguard.active.limits import THREADS
 from fabguard.active.routing import VALUE_TARGETS, RandomRule, batch_count, select_top, stream_fraction, stream_threshold
 from fabguard.active.system import NETWORKS, System
 from fabguard.errors import InputError, ModelFileError
@@ -45,8 +46,11 @@ class Router(Runtime):
     def load(cls, directory: str | os.PathLike, seed: int | None = None, threads: int | None = 1,
              providers: Sequence[str] | None = None) -> "Router":
         """A router over a model folder written by ``export.save``: every part checked (hashes, metadata,
-        widths) before anything is scored. ``threads``: ONNX Runtime intra-op threads per graph (small
-        MLPs run best on 1; None: one per core)."""
+        widths) before anything is scored. ``threads``: ONNX Runtime intra-op threads per graph, 1 to
+        1024, at most one per core is used (small MLPs run best on 1; None: one per core)."""
+        check("threads", threads, THREADS, NONE, owner="Router.load")
+        if threads is not None:  # threads beyond the cores only cost memory (three pools of them)
+            threads = min(threads, os.cpu_count() or 1)
         system, manifest = export.load(directory)
         router = cls(system, {}, seed)
         widths = {"student": system.basic.n_outputs, "router": system.basic.n_outputs,
