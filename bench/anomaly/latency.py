@@ -5,7 +5,8 @@ latency = batch time / batch size. Runtimes: PyTorch eager (CPU) and ONNX Runtim
 CUDA and TensorRT where this onnxruntime build and a GPU have them. Every (model, runtime) pair runs in a
 fresh process, so its peak resident memory (max RSS, host) is its own; where nvidia-smi exists, the GPU
 memory held by the process at the end is recorded too. Input: random images (latency does not depend on
-content). Needs the models of bench/anomaly/transistor_eval.py (seed 0, .pt and .onnx).
+content). Needs the models of bench/anomaly/transistor_eval.py (seed 0, .pt and .onnx). Rows of (model,
+runtime) pairs not measured this time are kept from the earlier results.
 
     OMP_WAIT_POLICY=PASSIVE python bench/anomaly/latency.py
 """
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = ("pca_k50", "vae", "patchcore_coreset1pct", "patchcore")
+MODELS = ("pca_k50", "vae", "patchcore_coreset1pct", "patchcore", "feature_vae")
 RUNTIMES = {"pytorch-eager-cpu": None, "onnxruntime-cpu": ["CPUExecutionProvider"],
             "onnxruntime-cuda": ["CUDAExecutionProvider"],
             "onnxruntime-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"]}
@@ -130,10 +131,13 @@ def main() -> int:
     import torch
 
     runtimes = args.runtimes or available_runtimes()
-    unavailable = [r for r in RUNTIMES if r not in runtimes]
+    unavailable = [r for r in RUNTIMES if r not in available_runtimes()]
     command = "OMP_WAIT_POLICY=PASSIVE python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
     machine = (f"{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
                f"({torch.get_num_threads()} threads), onnxruntime {ort.__version__}")
+    earlier = Path(args.results) / "latency.json"
+    kept = [r for r in json.loads(earlier.read_text())["results"]
+            if r["model"] not in args.models or r["runtime"] not in runtimes] if earlier.is_file() else []
     results = []
     for name in args.models:
         pt, onnx = Path(args.work) / f"{name}_s0.pt", Path(args.work) / f"{name}_s0.onnx"
@@ -149,7 +153,7 @@ def main() -> int:
             measured = json.loads(done.stdout.strip().splitlines()[-1])
             results.append({"model": name, "runtime": runtime, "pt_mb": pt.stat().st_size / 1e6,
                             "onnx_mb": onnx.stat().st_size / 1e6, **measured})
-            table = write_results(Path(args.results), args, results, unavailable, command, machine)
+            table = write_results(Path(args.results), args, kept + results, unavailable, command, machine)
     print(table)
     return 0
 
@@ -161,7 +165,7 @@ def write_results(results_dir: Path, args, results: list, unavailable: list, com
     from fabguard.outputs import atomic_path
 
     lines = ["# Inference latency per image (ms), model size, peak memory", "",
-             f"Command: `{command}`", f"Machine: {machine}.",
+             f"Command (latest run; earlier rows kept, see docs/anomaly.md): `{command}`", f"Machine: {machine}.",
              f"Not measured here (no GPU / provider on this machine): {', '.join(unavailable) or 'none'}.",
              f"Each cell: mean / P99 over {args.runs} timed runs of one batch after {args.warmup} warm-up runs, "
              "divided by the batch size.", "",

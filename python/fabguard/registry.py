@@ -19,6 +19,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "pca": "fabguard.anomaly.pca:PCADetector",
         "vae": "fabguard.anomaly.vae:VAEDetector",
         "patchcore": "fabguard.anomaly.patchcore:PatchCoreDetector",
+        "feature-vae": "fabguard.anomaly.feature_vae:FeatureVAEDetector",
     },
     "routing_rule": {
         "random": "fabguard.active.routing:RandomRule",

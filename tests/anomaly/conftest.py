@@ -37,6 +37,7 @@ def test_set(synthetic_root):
 @pytest.fixture(scope="session")
 def detectors(normals) -> dict:
     """One small fitted detector of each kind."""
+    from fabguard.anomaly.feature_vae import FeatureVAEDetector
     from fabguard.anomaly.patchcore import PatchCoreDetector
     from fabguard.anomaly.pca import PCADetector
     from fabguard.anomaly.vae import VAEDetector
@@ -45,6 +46,7 @@ def detectors(normals) -> dict:
         "pca": PCADetector(n_components=8, input_size=SIZE).fit(normals.images),
         "vae": VAEDetector(epochs=3, batch_size=8, input_size=SIZE).fit(normals.images),
         "patchcore": PatchCoreDetector(input_size=SIZE, crop_size=None, coreset_ratio=0.25).fit(normals.images),
+        "feature-vae": FeatureVAEDetector(input_size=SIZE, crop_size=None, epochs=15, batch_size=8).fit(normals.images),
     }
 
 
@@ -104,6 +106,15 @@ def chain_bound(module, images) -> float:
 def parity_bounds(detector, images) -> tuple[float, float]:
     """(score bound, heatmap bound): how far ONNX Runtime and PyTorch may differ on ``images``, from the
     float32 arithmetic of the detector's graph (scale and depth of each reduction argued below)."""
+    return _bounds(detector, images)[:2]
+
+
+def latent_bound(detector, images) -> float:
+    """How far ONNX Runtime and PyTorch may differ in the latent output (posterior mean) on ``images``."""
+    return _bounds(detector, images)[2]
+
+
+def _bounds(detector, images) -> tuple[float, float, float]:
     import numpy as np
     import torch
 
@@ -128,7 +139,7 @@ def parity_bounds(detector, images) -> tuple[float, float]:
             residual = float((x - z @ c).abs().max())
         recon += float32_bound(1.0, 3)
         heat_bound = 2 * residual * recon + recon ** 2  # d(r^2) <= 2 |r| dr + dr^2
-        return heat_bound + mean_term, heat_bound
+        return heat_bound + mean_term, heat_bound, 0.0
     chain = chain_bound(detector.model_, images)
     if detector.kind == "patchcore":
         m = detector.model_
@@ -140,7 +151,24 @@ def parity_bounds(detector, images) -> tuple[float, float]:
         # a distance is 1-Lipschitz in the features: the backbone's error counts sqrt(D) times; the squared
         # distance's own rounding error e moves the distance by at most sqrt(e)
         dist = (f.shape[1] ** 0.5) * chain + float32_bound(reach, f.shape[1]) ** 0.5
-        return dist, dist  # max, bilinear upsampling and a normalised blur do not enlarge it
-    # VAE: the chain ends in a sigmoid (slope <= 1/4) and a squared error of values in [0, 1] (slope <= 2)
+        return dist, dist, 0.0  # max, bilinear upsampling and a normalised blur do not enlarge it
+    if detector.kind == "feature-vae":
+        m = detector.model_
+        with torch.inference_mode():
+            f = m.embed(torch.from_numpy(images))
+            mu, _ = m.encode(f)
+            err = m.position_errors(f, mu)
+            residual = float((f - m.decode(mu)).abs().max())
+        # the standardisation (x - mean) / std scales the backbone's error by 1 / std; the features f and
+        # their reconstruction r are then each within delta, so (f - r)^2 within 2 |f - r| 2 delta + (2 delta)^2;
+        # the mean over D channels adds its own reduction (depth D, sum|x| / D <= the largest error)
+        delta = chain / min(1.0, float(m.std.min()))
+        err_bound = 4 * residual * delta + 4 * delta ** 2 + float32_bound(float(err.max()), f.shape[1])
+        # max: no new error (mean: its own reduction over h * w positions); upsampling and the normalised
+        # blur do not enlarge it
+        score_bound = err_bound + (float32_bound(float(err.max()), err[0].numel()) if m.aggregation == "mean" else 0)
+        return score_bound, err_bound, delta
+    # VAE: the chain ends in a sigmoid (slope <= 1/4) and a squared error of values in [0, 1] (slope <= 2);
+    # the latent (posterior mean) is an output inside the chain
     heat_bound = 2 * 0.25 * chain
-    return heat_bound + mean_term, heat_bound
+    return heat_bound + mean_term, heat_bound, chain

@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 from fabguard import registry
 from fabguard.errors import InputError, InvalidParameterError
 
-KINDS = ("pca", "vae", "patchcore")
+KINDS = ("pca", "vae", "patchcore", "feature-vae")
 
 
 @pytest.mark.parametrize("kind", KINDS)

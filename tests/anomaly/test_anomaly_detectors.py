@@ -16,7 +16,7 @@ from fabguard.anomaly.vae import ConvVAE, EarlyStopping, VAEDetector, parameter_
 from fabguard.errors import InputError
 from fabguard.runtime.parity import float32_bound
 
-KINDS = ("pca", "vae", "patchcore")
+KINDS = ("pca", "vae", "patchcore", "feature-vae")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -123,8 +123,8 @@ def test_vae_within_parameter_budget_and_shapes():
     net = ConvVAE(256)
     assert parameter_count(net) < 15_000_000
     assert net.mu.out_features == 128
-    scores, heatmaps = net.eval()(torch.rand(2, 3, 256, 256))
-    assert scores.shape == (2,) and heatmaps.shape == (2, 256, 256)
+    scores, heatmaps, mu = net.eval()(torch.rand(2, 3, 256, 256))
+    assert scores.shape == (2,) and heatmaps.shape == (2, 256, 256) and mu.shape == (2, 128)
 
 
 def test_vae_training_log_annealing_and_best_checkpoint(detectors, normals):

@@ -9,13 +9,13 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from conftest import parity_bounds
+from conftest import latent_bound, parity_bounds
 from fabguard.anomaly.export import parity
 from fabguard.anomaly.images import decode
 from fabguard.anomaly.runtime import Inspector
 from fabguard.errors import InputError
 
-KINDS = ("pca", "vae", "patchcore")
+KINDS = ("pca", "vae", "patchcore", "feature-vae")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -27,6 +27,10 @@ def test_onnx_runtime_matches_pytorch(detectors, artifacts, test_set, kind):
         score_bound, heatmap_bound = parity_bounds(detectors[kind], images)
         assert diff["max_abs_diff_score"] <= score_bound, (diff, score_bound)
         assert diff["max_abs_diff_heatmap"] <= heatmap_bound, (diff, heatmap_bound)
+        if detectors[kind].has_latent:
+            assert diff["max_abs_diff_latent"] <= latent_bound(detectors[kind], images), diff
+        else:
+            assert "max_abs_diff_latent" not in diff
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -35,7 +39,8 @@ def test_artifact_has_dynamic_batch_and_metadata(detectors, artifacts, kind):
     (image_input,) = session.get_inputs()
     assert image_input.name == "images" and isinstance(image_input.shape[0], str)
     assert image_input.shape[1:] == [3, 64, 64]
-    assert [o.name for o in session.get_outputs()] == ["score", "heatmap"]
+    latent = ["latent"] if detectors[kind].has_latent else []  # the VAEs' posterior mean
+    assert [o.name for o in session.get_outputs()] == ["score", "heatmap", *latent]
     meta = Inspector.read(artifacts[kind])
     detector = detectors[kind]
     assert meta["model"] == kind and meta["input_size"] == 64
@@ -140,3 +145,35 @@ def test_png_written_by_inspector_user_round_trip(artifacts, tmp_path):
     result = Inspector(artifacts["vae"]).inspect([tmp_path / "a8.png", tmp_path / "a16.png"])
     # v / 255 and 257 v / 65535 are the same real number, rounded to float32 once each: equal inputs
     assert result.scores[0] == result.scores[1]
+
+
+@pytest.mark.parametrize("kind", ("feature-vae", "pca"))
+def test_inspector_returns_the_latent_vector_of_a_model_that_has_one(detectors, artifacts, test_set, kind):
+    """The service's latent_vector: the artifact's third output, the detector's ``latent`` within the
+    float32 bound; an artifact of two outputs (PCA, PatchCore, any earlier export) serves without it."""
+    inspector = Inspector(artifacts[kind])
+    result = inspector.inspect(test_set.images)
+    if kind == "pca":
+        assert not inspector.has_latent and result.latents is None
+        return
+    expected = detectors[kind].latent(test_set.images)
+    assert inspector.has_latent and result.latents.shape == (len(test_set), 128)
+    np.testing.assert_allclose(result.latents, expected, rtol=0, atol=latent_bound(detectors[kind], test_set.images))
+
+
+def test_a_graph_with_another_third_output_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from fabguard.runtime.metadata import attach
+
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 16, 16])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("score", "heatmap", "extra")]
+    nodes = [helper.make_node("Identity", ["images"], [n]) for n in ("score", "heatmap", "extra")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs))
+    thresholds = {"review": 1.0, "reject": 2.0, "review_quantile": 0.95, "reject_quantile": 0.995, "n_val": 5}
+    attach(model, {"artifact": "anomaly-detector", "model": "x", "input_size": 16, "thresholds": thresholds,
+                   "train_fingerprint": "f"})
+    onnx.save(model, tmp_path / "three.onnx")
+    with pytest.raises(InputError, match="optionally followed by 'latent'"):
+        Inspector(tmp_path / "three.onnx")

@@ -1,5 +1,6 @@
 """Unsupervised visual anomaly detection: PCA baseline, convolutional VAE, PatchCore-style detector,
-evaluation, ONNX export and the ONNX Runtime inspector (``runtime``, the serving side). See docs/anomaly.md.
+convolutional VAE on pretrained features, evaluation, ONNX export and the ONNX Runtime inspector
+(``runtime``, the serving side). See docs/anomaly.md.
 
 Names are imported on first use (PEP 562), so ``fabguard anomaly --help`` does not load PyTorch.
 """
@@ -21,6 +22,7 @@ _EXPORTS = {
     "PCADetector": "pca",
     "VAEDetector": "vae",
     "PatchCoreDetector": "patchcore",
+    "FeatureVAEDetector": "feature_vae",
     "export_onnx": "export",
     "Inspector": "runtime",
     "Inspection": "runtime",

@@ -3,8 +3,9 @@
 A detector is fitted on normal images only. ``fit`` splits them (seeded) into a training part and a
 validation part; the validation part sets the decision thresholds (and stops VAE training early). All
 scoring runs through one torch module, ``model_``, that maps an RGB batch (N, 3, S, S) in [0, 1] to
-``(scores (N,), heatmaps (N, S, S))``; the same module is exported to ONNX, so the artifact computes
-exactly what ``score`` computes.
+``(scores (N,), heatmaps (N, S, S))``, followed by the posterior means ``(N, latent_dim)`` for a detector
+with a latent space (``has_latent``); the same module is exported to ONNX, so the artifact computes
+exactly what ``score`` and ``latent`` compute.
 
 A new detector is one module holding a :class:`Detector` subclass plus one line in
 :mod:`fabguard.registry`: the CLI builds its ``--model`` choices and the detector's own flags
@@ -130,6 +131,8 @@ class Detector(ValidatedParams, BaseEstimator, ABC):
     kind: ClassVar[str]
     cli_options: ClassVar[dict[str, CLIOption]] = {}  # parameter -> its flag of `fabguard anomaly train`
     reference_label: ClassVar[str] = "reconstruction"  # what ``reference`` shows, for the error gallery
+    has_latent: ClassVar[bool] = False  # the module's third output is a latent vector per image
+    loss_label: ClassVar[str] = "reconstruction"  # the reconstruction loss in ``history_`` (loss curves)
     _parameter_constraints: ClassVar[dict] = {
         "input_size": [Interval(int, MIN_SIZE, None)],
         "val_fraction": [Interval(float, 0, 1, "neither")],
@@ -199,17 +202,27 @@ class Detector(ValidatedParams, BaseEstimator, ABC):
 
     def score(self, images: np.ndarray, batch_size: int = 16, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly scores (N,) and heatmaps (N, S, S) of an RGB batch (N, 3, S, S) in [0, 1]."""
+        scores, heatmaps, *_ = self._run(images, batch_size, progress, "score")
+        return scores, heatmaps
+
+    def latent(self, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """Posterior means (N, latent_dim) of an RGB batch: the image's place in the latent space (drift
+        monitoring, clustering defect types), exactly the artifact's ``latent`` output."""
+        if not self.has_latent:
+            raise InputError(f"the {self.kind} detector has no latent space")
+        return self._run(images, batch_size, False, "latent")[2]
+
+    def _run(self, images, batch_size: int, progress: bool, method: str) -> list[np.ndarray]:
+        """Every output of ``model_`` on ``images``, in batches of ``batch_size`` (for ``method``)."""
         self._check_fitted()
-        check("batch_size", batch_size, Interval(int, 1, None), owner=f"{type(self).__name__}.score")
+        check("batch_size", batch_size, Interval(int, 1, None), owner=f"{type(self).__name__}.{method}")
         images = check_batch(images, self.input_size)
-        scores, heatmaps = [], []
+        outputs = []
         with torch.inference_mode():
             for start in tqdm(range(0, len(images), batch_size), desc=f"scoring ({self.kind})",
                               disable=not progress, leave=False):
-                s, h = self.model_(torch.from_numpy(images[start:start + batch_size]))
-                scores.append(s.numpy())
-                heatmaps.append(h.numpy())
-        return np.concatenate(scores), np.concatenate(heatmaps)
+                outputs.append([o.numpy() for o in self.model_(torch.from_numpy(images[start:start + batch_size]))])
+        return [np.concatenate(parts) for parts in zip(*outputs)]
 
     def decide(self, scores) -> np.ndarray:
         self._check_fitted()

@@ -72,7 +72,8 @@ def register(subparsers) -> None:
     p.add_argument("--tensorrt", metavar="ENGINE", help="also build a TensorRT engine (needs tensorrt and a GPU)")
     p.add_argument("--no-fp16", action="store_true", help="TensorRT engine in FP32 only")
     p.add_argument("--tolerance", type=typed(float, Interval(float, 0, None, "neither")), default=1e-4,
-                   help="max abs difference allowed (default 1e-4)")
+                   help="max difference allowed, relative to an output's largest magnitude where that exceeds 1 "
+                        "(default 1e-4)")
     _add_common(p)
     p.set_defaults(func=cmd_export)
 
@@ -113,7 +114,7 @@ def _detector_flags() -> dict[str, list[tuple[str, str]]]:
 def _add_detector_flags_when_parsed(parser: argparse.ArgumentParser) -> None:
     """Add every registered detector's flags to ``train`` when it is parsed (``--help`` included), not when
     the parser is built: that imports the detectors, hence torch, which ``fabguard anomaly --help`` avoids.
-    Detectors that declare the same flag share it (the first one's parsing and help)."""
+    Detectors that declare the same flag share it (the first one's parsing; every one's help)."""
     parse = parser.parse_known_args
 
     def parse_known_args(args=None, namespace=None):
@@ -121,10 +122,9 @@ def _add_detector_flags_when_parsed(parser: argparse.ArgumentParser) -> None:
             parser._detector_flags_added = True
             group = parser.add_argument_group("detector options (each applies to the models named in its help)")
             for flag, users in _detector_flags().items():
-                name, param = users[0]
-                option = registry.get("detector", name).cli_options[param]
-                group.add_argument(flag, dest=_dest(flag), type=option.parse, choices=option.choices,
-                                   default=None, help=option.help)
+                options = [registry.get("detector", name).cli_options[param] for name, param in users]
+                group.add_argument(flag, dest=_dest(flag), type=options[0].parse, choices=options[0].choices,
+                                   default=argparse.SUPPRESS, help="; ".join(o.help for o in options))
         return parse(args, namespace)
 
     parser.parse_known_args = parse_known_args
@@ -137,15 +137,15 @@ def make_detector(args):
               "reject_quantile": args.reject_quantile, "seed": args.seed}
     flags = dict(COMMON_FLAGS)
     for flag, users in _detector_flags().items():
-        value = getattr(args, _dest(flag), None)
+        given = hasattr(args, _dest(flag))  # absent unless given: a flag may set None (--crop 0)
         mine = [param for name, param in users if name == args.model]
-        if value is not None and not mine:
+        if given and not mine:
             raise InputError(f"{flag} is an option of the {', '.join(n for n, _ in users)} detector, not of "
                              f"{args.model}")
         if mine:
             flags[mine[0]] = flag
-            if value is not None:
-                params[mine[0]] = value
+            if given:
+                params[mine[0]] = getattr(args, _dest(flag))
     detector = cls(**params)
     try:
         return detector.check_params()
@@ -173,7 +173,7 @@ def cmd_train(args) -> int:
     if detector.describe_training():
         print(detector.describe_training())
     if getattr(detector, "history_", None):
-        loss_curves(detector.history_, loss_path)
+        loss_curves(detector.history_, loss_path, detector.loss_label)
         print(f"loss curves {loss_path}")
     print(f"saved {out}")
     return 0
@@ -224,12 +224,14 @@ def cmd_export(args) -> int:
     check = rng.random((3, 3, detector.input_size, detector.input_size), dtype=np.float32)
     with atomic_path(out) as tmp:  # the file appears only if ONNX Runtime agrees with PyTorch
         diff = parity(detector, export_onnx(detector, tmp, seed=args.seed), check)
-        worst = max(diff["max_abs_diff_score"], diff["max_abs_diff_heatmap"])
+        worst = max(diff[f"max_abs_diff_{k}"] / max(1.0, diff[f"max_abs_{k}"])  # float32 error grows with the value
+                    for k in ("score", "heatmap", "latent") if f"max_abs_diff_{k}" in diff)
         if worst > args.tolerance:
             raise InputError(f"ONNX Runtime vs PyTorch difference {worst:.2e} exceeds --tolerance "
                              f"{args.tolerance:g}; {out} not written")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); ONNX Runtime vs PyTorch on 3 random images: "
-          f"max |score diff| {diff['max_abs_diff_score']:.2e}, max |heatmap diff| {diff['max_abs_diff_heatmap']:.2e}")
+          f"max |score diff| {diff['max_abs_diff_score']:.2e}, max |heatmap diff| {diff['max_abs_diff_heatmap']:.2e}"
+          + (f", max |latent diff| {diff['max_abs_diff_latent']:.2e}" if "max_abs_diff_latent" in diff else ""))
     if args.tensorrt:
         from fabguard.anomaly.tensorrt import build_engine
 

@@ -94,7 +94,7 @@ def evaluate(detector: Detector, test: ImageSet, out_dir: str | os.PathLike, nam
                       detector.reference_label,
                       None if test.masks is None else test.masks[index])
     if getattr(detector, "history_", None):
-        plots.loss_curves(detector.history_, out / "loss_curves.png")
+        plots.loss_curves(detector.history_, out / "loss_curves.png", detector.loss_label)
     with atomic_path(out / "scores.csv") as tmp:
         lines = ["path,defect_type,label,score,decision"]
         lines += [f"{p},{t},{lab},{s:.6g},{d}" for p, t, lab, s, d in

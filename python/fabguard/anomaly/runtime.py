@@ -4,7 +4,9 @@ Needs only ONNX Runtime, numpy and PIL (no PyTorch). Sessions come from :mod:`fa
 order TensorRT, CUDA, CPU; TensorRT engine cache beside the artifact and one shape profile for batch
 1..max_batch of the artifact's input size; idle threads sleep). The artifact's metadata is checked before
 a session is created, and the graph's input and outputs against it afterwards, so a foreign or crafted
-file is refused with what is wrong (:class:`~fabguard.errors.ModelFileError`).
+file is refused with what is wrong (:class:`~fabguard.errors.ModelFileError`). A detector with a latent
+space (the VAEs) has a third output, ``latent`` (N, latent_dim): the posterior mean of each image, for
+drift monitoring and defect-type clustering; artifacts without it stay valid.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from fabguard.params import POSITIVE_INT, check, check_memory
 from fabguard.runtime.session import Runtime
 
 ARTIFACT = "anomaly-detector"
-INPUT, OUTPUTS = "images", ("score", "heatmap")
+INPUT, OUTPUTS, LATENT = "images", ("score", "heatmap"), "latent"
 MAX_SIZE = 8192  # an input side larger than any inspection camera's: a crafted size is refused, not allocated
 
 
@@ -34,6 +36,7 @@ class Inspection:
     scores: np.ndarray  # (N,)
     heatmaps: np.ndarray  # (N, S, S)
     decisions: np.ndarray  # (N,) "PASS" / "REVIEW" / "REJECT"
+    latents: np.ndarray | None = None  # (N, latent_dim) posterior means, for a model with a latent space
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -61,10 +64,12 @@ class Inspector(Runtime):
         self.providers = self.session.get_providers()
         inputs, outputs = self.session.get_inputs(), [o.name for o in self.session.get_outputs()]
         if len(inputs) != 1 or inputs[0].name != INPUT or inputs[0].shape[1:] != [3, size, size] \
-                or outputs != list(OUTPUTS):
+                or outputs not in (list(OUTPUTS), [*OUTPUTS, LATENT]):
             found = ", ".join(f"{i.name} {i.shape}" for i in inputs)
             raise ModelFileError(f"{self.path}: graph takes {found} and gives {outputs}; an anomaly detector "
-                                 f"takes {INPUT} [N, 3, {size}, {size}] and gives {list(OUTPUTS)}")
+                                 f"takes {INPUT} [N, 3, {size}, {size}] and gives {list(OUTPUTS)}, optionally "
+                                 f"followed by {LATENT!r}")
+        self.has_latent = outputs[-1] == LATENT
 
     @classmethod
     def check_metadata(cls, path: Path, metadata: dict) -> dict:
@@ -102,6 +107,7 @@ class Inspector(Runtime):
         return load_images(items, size)
 
     def inspect(self, items) -> Inspection:
-        """Scores, heatmaps and PASS / REVIEW / REJECT decisions for ``items`` (see ``to_batch``)."""
-        scores, heatmaps = self.run(self.session, self.to_batch(items), self.max_batch)
-        return Inspection(scores, heatmaps, self.thresholds.decide(scores))
+        """Scores, heatmaps, PASS / REVIEW / REJECT decisions and (where the model has them) latent vectors
+        for ``items`` (see ``to_batch``)."""
+        scores, heatmaps, *latents = self.run(self.session, self.to_batch(items), self.max_batch)
+        return Inspection(scores, heatmaps, self.thresholds.decide(scores), *latents)

@@ -8,7 +8,8 @@ latent size 128 and brings the whole model to about 4.2M parameters. The decoder
 transposed convs and ends in a sigmoid. Loss: BCE (summed over pixels) + beta * KL, reparameterized.
 
 Scoring uses the posterior mean (no sampling), so scores are deterministic and exportable:
-score = mean squared reconstruction error, heatmap = per-pixel squared error (case study section 2).
+score = mean squared reconstruction error, heatmap = per-pixel squared error (case study section 2);
+the posterior mean itself is the module's third output (the latent vector).
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ class ConvVAE(nn.Module):
         return gray, torch.sigmoid(self.decode_logits(mu)).squeeze(1)
 
     def forward(self, images):
-        gray, recon = self.reconstruct(images)
-        heatmap = (gray - recon) ** 2
-        return heatmap.flatten(1).mean(1), heatmap
+        gray = to_gray(images)
+        mu, _ = self.encode(gray.unsqueeze(1))
+        heatmap = (gray - torch.sigmoid(self.decode_logits(mu)).squeeze(1)) ** 2
+        return heatmap.flatten(1).mean(1), heatmap, mu
 
 
 def vae_loss(net: ConvVAE, gray, beta: float, sample: bool = True):
@@ -108,6 +110,8 @@ class VAEDetector(Detector):
     early stopping on validation reconstruction loss, best checkpoint kept)."""
 
     kind = "vae"
+    has_latent = True
+    loss_label = "BCE"
     _parameter_constraints = {
         **Detector._parameter_constraints,
         "latent_dim": [Interval(int, 1, None)],
