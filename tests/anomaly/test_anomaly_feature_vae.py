@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import latent_bound
 
 from fabguard.anomaly.base import Detector
 from fabguard.anomaly.feature_vae import FeatureVAEDetector
@@ -86,7 +87,8 @@ def test_latent_is_the_posterior_mean_and_separates_defects(detectors, test_set)
     mu = detector.latent(test_set.images, batch_size=3)
     with torch.inference_mode():
         expected = detector.model_.encode(detector.model_.embed(torch.from_numpy(test_set.images)))[0].numpy()
-    np.testing.assert_allclose(mu, expected, rtol=1e-5, atol=1e-5)  # batches of 3 vs one batch
+    # batches of 3 vs one batch of 16: the convolutions may sum in another order, as another runtime would
+    assert np.abs(mu - expected).max() <= latent_bound(detector, test_set.images)
     np.testing.assert_array_equal(mu, detector.latent(test_set.images, batch_size=3))  # deterministic
     with pytest.raises(InputError, match="the pca detector has no latent space"):
         detectors["pca"].latent(test_set.images)
