@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     # from here on Ctrl-C raises KeyboardInterrupt, so that half-written outputs are removed on the way out
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = _redeliver_interrupts
     try:
         from fabguard.errors import InputError
 
@@ -103,6 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fabguard: interrupted", file=sys.stderr)
         return 130
+
+
+def _redeliver_interrupts(unraisable, _default=sys.unraisablehook) -> None:
+    """A Ctrl-C that lands in a callback Python cannot raise from (a garbage-collector or import-lock
+    callback) would be printed as "Exception ignored" and lost: send it again a moment later, from another
+    thread, so that it reaches the main code once the callback has returned."""
+    if unraisable.exc_type is KeyboardInterrupt:
+        threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT)).start()
+    else:
+        _default(unraisable)
 
 
 def _fail(message: str) -> int:

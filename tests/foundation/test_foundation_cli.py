@@ -66,3 +66,17 @@ def test_a_reader_that_goes_away_is_not_an_error():
     err = proc.stderr.read()
     proc.wait(timeout=60)
     assert proc.returncode == 0 and "Traceback" not in err and "BrokenPipe" not in err, (proc.returncode, err)
+
+
+def test_a_ctrl_c_swallowed_by_a_callback_is_delivered_again():
+    """CPython cannot raise from a weakref / import-lock callback and prints "Exception ignored"; the CLI
+    sends such an interrupt again so that the command still stops."""
+    code = ("import signal, sys, time, weakref; from fabguard import cli; "
+            "signal.signal(signal.SIGINT, signal.default_int_handler); sys.unraisablehook = cli._redeliver_interrupts\n"
+            "class A: pass\n"
+            "def cb(ref): raise KeyboardInterrupt\n"
+            "a = A(); r = weakref.ref(a, cb)\n"
+            "try:\n    del a\n    [time.sleep(0.001) for _ in range(2000)]\n    print('not interrupted')\n"
+            "except KeyboardInterrupt:\n    print('interrupted')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "interrupted" and "Exception ignored" not in done.stderr, (done.stdout, done.stderr)
