@@ -50,6 +50,58 @@ inspections = sa.Table(
     sa.Column("inference_time_ms", sa.Float, nullable=False),
     sa.Column("image_ref", sa.String(256)),
     sa.Column("heatmap_ref", sa.String(256), nullable=False),
+    sa.Column("arm", sa.String(10), nullable=False, server_default="production"),  # production or canary
+    sa.Column("latent", sa.LargeBinary),  # 128 float32, little-endian: the latent drift monitor reads it
+)
+
+experiments = sa.Table(  # a candidate's shadow or canary phase beside the production (baseline) version
+    "experiments", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("candidate", sa.String(80), sa.ForeignKey("models.version"), nullable=False),
+    sa.Column("baseline", sa.String(80), sa.ForeignKey("models.version"), nullable=False),
+    sa.Column("mode", sa.String(8), nullable=False),  # shadow or canary
+    sa.Column("share", sa.Float, nullable=False),  # share of wafers the canary decides (0 for shadow)
+    sa.Column("status", sa.String(12), nullable=False),  # running, ended, promoted, rolled_back
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("note", sa.Text),
+)
+
+shadow_scores = sa.Table(  # what the candidate said about an image that production (or the canary) decided
+    "shadow_scores", metadata,
+    sa.Column("inspection_id", sa.String(36), sa.ForeignKey("inspections.id"), primary_key=True),
+    sa.Column("version", sa.String(80), primary_key=True, index=True),
+    sa.Column("anomaly_score", sa.Float, nullable=False),
+    sa.Column("decision", sa.String(8), nullable=False),
+    sa.Column("inference_time_ms", sa.Float, nullable=False),
+)
+
+review_items = sa.Table(  # the review queue: REVIEW decisions and the audit sample of PASS and REJECT
+    "review_items", metadata,
+    sa.Column("inspection_id", sa.String(36), sa.ForeignKey("inspections.id"), primary_key=True),
+    sa.Column("reason", sa.String(8), nullable=False),  # review or audit
+    sa.Column("labels_wanted", sa.Integer, nullable=False),  # 2 where inspector agreement is measured
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)
+
+reviews = sa.Table(  # one inspector's label of one inspection
+    "reviews", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("inspection_id", sa.String(36), sa.ForeignKey("inspections.id"), nullable=False, index=True),
+    sa.Column("inspector", sa.String(64), nullable=False),
+    sa.Column("label", sa.String(10), nullable=False),  # normal or defective
+    sa.Column("defect_type", sa.String(64)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.UniqueConstraint("inspection_id", "inspector", name="uq_reviews_inspection_inspector"),
+)
+
+events = sa.Table(  # what the on-call engineer reads back: alerts, guardrail rollbacks, experiment changes
+    "events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("kind", sa.String(32), nullable=False, index=True),
+    sa.Column("version", sa.String(80)),
+    sa.Column("detail", sa.JSON, nullable=False),
 )
 
 yield_jobs = sa.Table(
