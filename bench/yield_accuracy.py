@@ -30,7 +30,7 @@ def main() -> int:
     parser.add_argument("--low", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--interval", choices=("bootstrap", "paper"), default="bootstrap")
+    parser.add_argument("--interval", choices=("information", "bootstrap", "paper"), default="information")
     parser.add_argument("--out", default="bench/results/yield_accuracy")
     args = parser.parse_args()
 
@@ -73,8 +73,9 @@ def main() -> int:
         "",
         f"- interval: {args.interval}. yield_bias / yield_mae: estimate (full-data EM; paper: mean of the resample "
         "estimates) minus true yield.",
-        "- ci_covers_truth: share of machines whose 95% interval contains the true yield (bootstrap: estimate +- t x "
-        "SE of bootstrap resamples; paper: BCa CI of the mean of overlapping resample estimates, which measures that "
+        "- ci_covers_truth: share of machines whose 95% interval contains the true yield (information: estimate +- "
+        "z x SE from the outer product of the per-batch scores; bootstrap: estimate +- t x SE of bootstrap resamples; "
+        "paper: BCa CI of the mean of overlapping resample estimates, which measures that "
         "mean's spread, not the estimator's error).",
         "- miss rates: estimated vs true for inspecting machines that saw a defect.",
         "",

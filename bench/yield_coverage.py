@@ -4,7 +4,8 @@
     python bench/yield_coverage.py --reps 2 --scenarios 50x1000x3@0.4
 
 A scenario is MACHINESxBATCHESxLOW@LEVEL (low-yield machines at yield LEVEL, healthy Uniform(0.998, 1)).
-Per simulation: LowYieldDetector with the bootstrap interval (default) and with the paper's interval;
+Per simulation: LowYieldDetector with the information interval (default), the bootstrap interval and the
+paper's interval;
 coverage = share of machines whose interval contains the simulator's true yield, pooled over machines
 and simulations, and apart for low-yield and healthy machines; the median interval width. Rows are
 appended to the CSV as each simulation finishes (partial results survive an interruption).
@@ -26,6 +27,7 @@ from fabguard.machine_yield import LowYieldDetector, simulate
 from fabguard.machine_yield.sizing import rep_seed
 
 SCENARIOS = ["50x1000x3@0.4", "250x2000x3@0.4", "250x2000x5@0.9", "500x3000x3@0.8"]
+INTERVALS = ("information", "bootstrap", "paper")
 
 
 def parse(s: str):
@@ -53,9 +55,9 @@ def main() -> int:
             s = rep_seed(args.seed, rep)
             sim = simulate(machines, batches, low, level, seed=s)
             rows = []
-            for interval in ("bootstrap", "paper"):
+            for interval in INTERVALS:
                 t0 = time.perf_counter()
-                det = LowYieldDetector(interval=interval, rule="fdr" if interval == "bootstrap" else "paper",
+                det = LowYieldDetector(interval=interval, rule="paper" if interval == "paper" else "fdr",
                                        seed=s, threads=args.threads).fit(sim.data)
                 seconds = time.perf_counter() - t0
                 m = det.report_.machines.merge(sim.truth, on="machine", suffixes=("", "_true"))
@@ -87,22 +89,27 @@ def render(table: pd.DataFrame, command: str, seconds: float) -> str:
         f"Command: `{command}` ({seconds / 60:.1f} min). Scenario MACHINESxBATCHESxLOW@LEVEL: LOW machines at yield "
         "LEVEL, healthy Uniform(0.998, 1), the paper's Table V otherwise. Coverage: machines whose interval contains "
         "the true yield, pooled over machines and simulations. Width: median over simulations of the median width.",
-        "`bootstrap`: fabguard's default (full-data EM estimate +- t x SE of 30 bootstrap resamples of the batches). "
+        "`information`: fabguard's default (full-data EM estimate +- z x SE, SE from the outer product of the "
+        "per-batch scores). `bootstrap`: the estimate +- t x SE of 30 bootstrap resamples of the batches. "
         "`paper`: the paper's BCa CI of the mean of 30 estimates on 80% subsets.",
         "",
-        "| scenario | machines | sims | coverage, ours | coverage, paper | median width, ours | median width, paper |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | machines | sims | " + " | ".join(f"coverage, {i}" for i in INTERVALS) + " | "
+        + " | ".join(f"median width, {i}" for i in INTERVALS) + " |",
+        "|---|---|---|" + "---|" * (2 * len(INTERVALS)),
     ]
     for (scenario, group), row in wide.iterrows():
-        n = summary.loc[(scenario, group, "bootstrap")]
+        n = summary.loc[(scenario, group, INTERVALS[0])]
         lines.append(f"| {scenario} | {group} ({int(n.machines / n.sims)}) | {int(n.sims)} | "
-                     f"{row[('coverage', 'bootstrap')]:.3f} | {row[('coverage', 'paper')]:.3f} | "
-                     f"{row[('width', 'bootstrap')]:.2e} | {row[('width', 'paper')]:.2e} |")
-    bias = summary.xs("bootstrap", level="interval")
-    lines += ["", "Mean bias of the estimates (ours, full-data EM) and seconds per detect:", "",
-              "| scenario | group | bias | seconds |", "|---|---|---|---|"]
+                     + " | ".join(f"{row[('coverage', i)]:.3f}" for i in INTERVALS) + " | "
+                     + " | ".join(f"{row[('width', i)]:.2e}" for i in INTERVALS) + " |")
+    seconds = summary["seconds"].unstack("interval")
+    bias = summary.xs(INTERVALS[0], level="interval")
+    lines += ["", "Mean bias of the estimates (full-data EM, the same for information and bootstrap) and seconds "
+              "per detect:", "", "| scenario | group | bias | " + " | ".join(f"seconds, {i}" for i in INTERVALS) + " |",
+              "|---|---|---|" + "---|" * len(INTERVALS)]
     for (scenario, group), row in bias.iterrows():
-        lines.append(f"| {scenario} | {group} | {row.bias:+.4f} | {row.seconds:.2f} |")
+        lines.append(f"| {scenario} | {group} | {row.bias:+.4f} | "
+                     + " | ".join(f"{seconds.loc[(scenario, group), i]:.2f}" for i in INTERVALS) + " |")
     return "\n".join(lines) + "\n"
 
 

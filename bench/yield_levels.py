@@ -65,7 +65,7 @@ def render(table: pd.DataFrame, command: str, seconds: float | None) -> str:
         "",
         f"Command: `{command}`{took}. {int(table.low.iloc[0])} low-yield machines per simulation, healthy yields "
         f"Uniform(0.998, 1), {int(table.reps.iloc[0])} simulations per cell. Each cell: "
-        "`recall / precision` for fabguard's defaults (em: bootstrap interval, median - margin, Benjamini-Hochberg "
+        "`recall / precision` for fabguard's defaults (em: information interval, median - margin, Benjamini-Hochberg "
         "at 0.05) and, after the arrow, the paper's procedure (resamples of 80%, threshold = mean, p < 0.05, at most "
         "10 candidates). Recall: mean over simulations; precision: pooled (hits / flagged).",
         "",

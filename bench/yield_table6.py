@@ -1,5 +1,5 @@
 """Reproduce the paper's Table VI (recall for 1 / 3 / 5 low-yield machines at yield 0.4) and add
-precision, which the paper does not report: fabguard's defaults (``em``: bootstrap interval, FDR rule)
+precision, which the paper does not report: fabguard's defaults (``em``: information interval, FDR rule)
 beside the paper's procedure (``paper``: its interval and rule); optionally the GLM and commonality
 baselines.
 
@@ -7,7 +7,11 @@ baselines.
     python bench/yield_table6.py --machines 250 --batches 2000 --low 3   # one cell
 
 Writes bench/results/yield_table6.md and .csv (or --out PREFIX); the CSV is rewritten after every
-cell, so an interrupted run keeps what finished.
+cell, so an interrupted run keeps what finished. ``--merge CSV ...`` adds the cells of earlier runs
+that this run does not compute (the first file that has a cell wins); the CSV's ``source`` column and
+the table's footnote say where each cell comes from.
+
+    python bench/yield_table6.py --methods paper --batches 5000 --merge em.csv bench/results/yield_table6.csv
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/results/yield_table6")
+    parser.add_argument("--merge", nargs="+", default=[], help="earlier CSVs whose cells this run does not compute")
     args = parser.parse_args()
+    earlier = [read_earlier(path) for path in args.merge]  # read now: --out may be one of them
 
     detectors = {
         "em": LowYieldDetector(threads=args.threads),
@@ -69,15 +75,33 @@ def main() -> int:
             rows.append({
                 "method": method, "machines": machines, "batches": batches, "low": low, "level": args.level,
                 "paper_recall": paper[LOWS.index(low)] if paper and low in LOWS else float("nan"),
-                **summarize(trials), "seconds_per_rep": (time.perf_counter() - t0) / args.reps,
+                **summarize(trials), "seconds_per_rep": (time.perf_counter() - t0) / args.reps, "source": "this run",
             })
             out.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(rows).to_csv(out.with_suffix(".csv"), index=False)
-    table = pd.DataFrame(rows)
+            merged(rows, earlier).to_csv(out.with_suffix(".csv"), index=False)
+    table = merged(rows, earlier)
     command = "python " + " ".join(sys.argv)
     out.with_suffix(".md").write_text(render(table, args, command, time.time() - started))
     print(out.with_suffix(".md").read_text())
     return 0
+
+
+def read_earlier(path: str) -> pd.DataFrame:
+    """An earlier run's CSV; its own cells are labelled with the file, merged ones keep their label."""
+    frame = pd.read_csv(path)
+    if "source" not in frame:
+        return frame.assign(source=path)
+    return frame.assign(source=frame["source"].where(frame["source"] != "this run", path))
+
+
+def merged(rows: list, earlier: list) -> pd.DataFrame:
+    """This run's cells, then each earlier table's cells that are not there yet."""
+    key = ["method", "machines", "batches", "low", "level"]
+    table = pd.DataFrame(rows)
+    for frame in earlier:
+        new = frame.merge(table[key], on=key, how="left", indicator=True) if len(table) else frame.assign(_merge="left_only")
+        table = pd.concat([table, frame[(new["_merge"] == "left_only").to_numpy()]], ignore_index=True)
+    return table
 
 
 def render(table: pd.DataFrame, args, command: str, seconds: float) -> str:
@@ -86,7 +110,7 @@ def render(table: pd.DataFrame, args, command: str, seconds: float) -> str:
         "",
         f"Command: `{command}` ({seconds / 60:.1f} min on this machine).",
         f"Low-yield machines at yield {args.level}; healthy yields Uniform(0.998, 1); {args.reps} simulations per cell. "
-        "`em`: fabguard's defaults (30 bootstrap resamples, threshold = median - margin, Benjamini-Hochberg at 0.05). "
+        "`em`: fabguard's defaults (information interval, threshold = median - margin, Benjamini-Hochberg at 0.05). "
         "`paper`: the paper's procedure (30 resamples of 80%, BCa 95%, threshold = mean yield, p < 0.05, at most "
         "10 candidates).",
         "Recall: mean over simulations of the share of true low-yield machines flagged (the paper's measure). "
@@ -113,7 +137,10 @@ def render(table: pd.DataFrame, args, command: str, seconds: float) -> str:
                     cells.append(f"{r.recall:.2f} / {paper} ({precision})")
             lines.append(f"| {batches} | " + " | ".join(cells) + " |")
         lines.append("")
-    return "\n".join(lines)
+    sources = table.groupby(["source", "method"], sort=False)["batches"].agg(lambda b: sorted(set(b)))
+    lines += ["Where the cells come from (method: batch counts):", ""]
+    lines += [f"- {source}, {method}: {', '.join(map(str, b))}" for (source, method), b in sources.items()]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -148,6 +148,55 @@ py::dict fit_em_py(const PyProduction& prod, Array<int64_t> subset_ptr, Array<in
     return result;
 }
 
+py::dict score_outer_product_py(const PyProduction& prod, Array<double> p, Array<double> a,
+                                Array<int64_t> free_index) {
+    const Production& pr = prod.view();
+    validate(pr);
+    require_length(p, pr.n_machines, "p");
+    require_length(a, pr.n_machines, "a");
+    require_length(free_index, 2 * pr.n_machines, "free_index");
+    int64_t n_free = 0;
+    for (int64_t j = 0; j < 2 * pr.n_machines; ++j) {
+        const int64_t f = free_index.at(j);
+        if (f < -1) throw std::invalid_argument("free_index must be -1 or a place 0, 1, 2, ... in order");
+        if (f >= 0) {
+            if (f != n_free) throw std::invalid_argument("free_index must number the kept parameters 0, 1, 2, ... in order");
+            ++n_free;
+        }
+    }
+    for (int64_t m = 0; m < pr.n_machines; ++m) {
+        if (!(p.at(m) > 0.0 && p.at(m) <= 1.0)) throw std::invalid_argument("p must lie in (0, 1]");
+        if (!(a.at(m) > 0.0 && a.at(m) <= 1.0)) throw std::invalid_argument("a must lie in (0, 1]");
+    }
+    py::array_t<double> grad(n_free), opg({n_free, n_free});
+    double loglik;
+    {
+        py::gil_scoped_release release;
+        loglik = score_outer_product(pr, p.data(), a.data(), free_index.data(), n_free, grad.mutable_data(),
+                                     opg.mutable_data());
+    }
+    py::dict out;
+    out["grad"] = grad;
+    out["opg"] = opg;
+    out["loglik"] = loglik;
+    return out;
+}
+
+py::object inverse_diagonal_py(Array<double> a, int threads) {
+    if (a.ndim() != 2 || a.shape(0) != a.shape(1)) throw std::invalid_argument("a must be a square matrix");
+    if (threads < 1 || threads > kMaxThreads)
+        throw std::invalid_argument("threads must be in [1, " + std::to_string(kMaxThreads) + "]");
+    const int64_t n = a.shape(0);
+    py::array_t<double> out(n);
+    bool ok;
+    {
+        py::gil_scoped_release release;
+        ok = inverse_diagonal(a.data(), n, threads, out.mutable_data());
+    }
+    if (!ok) return py::none();
+    return std::move(out);
+}
+
 py::array_t<int64_t> draw_resamples_py(int64_t n_batches, double fraction, int64_t n_resamples,
                                        uint64_t seed) {
     std::vector<int64_t> flat;
@@ -213,6 +262,17 @@ PYBIND11_MODULE(_core, m) {
           "log-likelihood <= tol, SQUAREM if accelerate; 'l2': the authors' plain EM, L2 change of "
           "the yields <= tol. escapes: model defects that escape every inspection (the paper's model "
           "counts them as good). progress(done) is called as subsets finish.");
+
+    m.def("score_outer_product", &score_outer_product_py, py::arg("production"), py::arg("p"), py::arg("a"),
+          py::arg("free_index"),
+          "Escapes model at (p, a), all batches: per-batch scores by Fisher's identity; returns grad "
+          "(their sum), opg (the sum of their outer products) over the parameters kept by free_index "
+          "(2 x machines: yields then miss rates; -1 = left out, else 0, 1, 2, ... in order) and the "
+          "log-likelihood.");
+
+    m.def("inverse_diagonal", &inverse_diagonal_py, py::arg("a"), py::arg("threads") = 1,
+          "diag(a^-1) of a symmetric positive definite matrix by Cholesky (scaled to unit diagonal), "
+          "the same for any thread count; None where a is not positive definite to working precision.");
 
     m.def("draw_bootstrap", &draw_bootstrap_py, py::arg("n_batches"), py::arg("n_resamples"),
           py::arg("seed"),

@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "parallel.hpp"
@@ -40,7 +41,102 @@ constexpr double kFloor = 1e-99;  // values <= 0 are clamped here, as in the aut
 // SQUAREM's extrapolated point is projected into [kLo, kHi]: a yield of exactly 1 is absorbing
 // and one of 0 (or a miss rate of 0) sends the log-likelihood to -inf.
 constexpr double kLo = 1e-12, kHi = 1.0 - 1e-12;
+// An extrapolated coordinate may come at most this many times closer to 0 or to 1 than the cycle's
+// own points. Without it, one extrapolation can put a yield whose optimum is 1 - 2e-5 at 1 - 1e-12,
+// and EM, which moves 1 - p by a near-constant factor per update, takes hundreds of updates to
+// come back while the log-likelihood barely changes: the stop fired 2e-5 from the optimum on a
+// simulated 50 x 1000 fleet. With the bound the default stop ended within 1e-6 of the optimum on
+// the six fleets measured (30 x 200 to 500 x 5000; docs/machine_yield.md).
+constexpr double kApproach = 100.0;
 constexpr double kStepFactor = 4.0;  // SQUAREM's growth of the largest step (the R package's mstep)
+// E-step chunks: about this many batches each, at most kMaxChunks, their partial sums within
+// kChunkDoubles doubles in all.
+constexpr int64_t kBatchesPerChunk = 32, kMaxChunks = 64, kChunkDoubles = int64_t{1} << 22;
+
+// Batches are summed in a fixed number of chunks (set by the subset's size, never by the thread
+// count), each into its own partial sums, and the partials added in chunk order: the result is the
+// same whichever thread ran which chunk.
+int64_t n_chunks_for(int64_t n_batches, int64_t n_machines) {
+    const int64_t by_size = (n_batches + kBatchesPerChunk - 1) / kBatchesPerChunk;
+    const int64_t by_memory = std::max<int64_t>(1, kChunkDoubles / (3 * n_machines));
+    return std::max<int64_t>(1, std::min({by_size, kMaxChunks, by_memory}));
+}
+
+struct Scratch {                      // per step of the batch being processed
+    std::vector<double> v, t, q, survive;
+    explicit Scratch(int64_t max_steps) : v(max_steps), t(max_steps), q(max_steps), survive(max_steps) {}
+};
+
+// What the E-step says about step k of a batch: expected pieces that were good after it (H_k, plus
+// with escapes the final pieces that are truly good), expected defects made there (E_k), and U_k,
+// U_{k+1} of the backward recursion (see the top of this file).
+struct StepTerms {
+    int64_t k;
+    int32_t machine;
+    double good_after, made, u, u_next;
+};
+
+// E-step of batch b at (p, a): sink(StepTerms) for every step, last to first; returns the batch's
+// log-likelihood terms (detection events and, with escapes, the final pieces) when need_loglik, else 0.
+template <class Sink>
+inline double estep_batch(const Production& pr, int64_t b, bool escapes, bool need_loglik, const double* p,
+                          const double* a, Scratch& s, Sink&& sink) {
+    const int64_t r0 = pr.first_row(b);
+    const int64_t n_steps = pr.end_row(b) - r0;
+    const int32_t* mach = pr.machine + r0;
+    const int64_t* det = pr.defects + r0;
+    const uint8_t* insp = pr.inspects + r0;
+    // Local restrict pointers and running values: the recursions stay in registers instead of
+    // going through memory the compiler must assume aliased.
+    double* __restrict v = s.v.data();
+    double* __restrict t = s.t.data();
+    double* __restrict q = s.q.data();
+    double* __restrict sv = s.survive.data();
+    double loglik = 0.0;
+    double survive = 1.0;  // prod_{s<k} p_s
+    double t_pass = 0.0;   // T_{k-1} q_{k-1}
+    for (int64_t k = 0; k < n_steps; ++k) {
+        const int32_t m = mach[k];
+        const double pk = p[m];
+        const double am = a[m];  // loaded whatever the step: a select, not a branch
+        const double qk = insp[k] ? am : 1.0;
+        const double vk = (1.0 - pk) * survive;
+        const double tk = t_pass + vk;
+        q[k] = qk;
+        sv[k] = survive;
+        v[k] = vk;
+        t[k] = tk;
+        t_pass = tk * qk;
+        survive *= pk;
+    }
+    double u_next = 0.0;  // U_{k+1}
+    double good = 0.0;    // final pieces that are truly good (escapes model)
+    if (escapes) {
+        const double final_good = static_cast<double>(pr.final_good(b));
+        const double unflagged = survive + t_pass;  // t_pass = T_{J-1} q_{J-1}: escapes
+        if (final_good > 0.0) {
+            if (need_loglik) loglik += final_good * std::log(unflagged);
+            u_next = final_good / unflagged;
+            good = final_good * survive / unflagged;
+        }
+    }
+    if (need_loglik) {  // detection events are rare among steps: their own loop, not a branch per step
+        for (int64_t k = 0; k < n_steps; ++k)
+            if (det[k] > 0) loglik += static_cast<double>(det[k]) * std::log(t[k]);
+    }
+    double later = 0.0;  // H_k
+    for (int64_t k = n_steps - 1; k >= 0; --k) {
+        // c = b_k / T_k (0 where T_k = 0): selects, no branch
+        const bool positive = t[k] > 0.0;
+        const double c = (positive ? static_cast<double>(det[k]) : 0.0) / (positive ? t[k] : 1.0);
+        const double u = c + q[k] * u_next;
+        const double e = v[k] * u;
+        sink(StepTerms{k, mach[k], later + good, e, u, u_next});
+        later += e;
+        u_next = u;
+    }
+    return loglik;
+}
 
 struct Workspace {
     std::vector<double> good_final;   // per machine: final good pieces, once per use
@@ -48,81 +144,70 @@ struct Workspace {
     std::vector<uint8_t> present;     // per machine: used in the subset
     std::vector<uint8_t> inspecting;  // per machine: inspects somewhere in the subset
     std::vector<double> d, g, missed; // per machine, per iteration: E, H and S sums
+    std::vector<double> partial;      // per chunk: its E, H and S sums (3 x n_machines)
+    std::vector<double> partial_loglik;
     // Parameter vectors (yields, then miss rates; 2 x n_machines) of one SQUAREM cycle.
     std::vector<double> th0, th1, th2, thx, next;
-    std::vector<double> v, t, q;      // per step of the current batch
+    std::vector<Scratch> scratch;     // per team worker
+    Team& team;
 
-    Workspace(int64_t n_machines, int64_t max_steps)
+    Workspace(int64_t n_machines, int64_t max_steps, Team& team_)
         : good_final(n_machines), detected(n_machines), present(n_machines),
           inspecting(n_machines), d(n_machines), g(n_machines), missed(n_machines),
           th0(2 * n_machines), th1(2 * n_machines), th2(2 * n_machines), thx(2 * n_machines),
-          next(2 * n_machines), v(max_steps), t(max_steps), q(max_steps) {}
+          next(2 * n_machines), scratch(static_cast<size_t>(team_.size()), Scratch(max_steps)), team(team_) {}
 };
 
 // One EM update: E-step at theta (p = theta[0..M), a = theta[M..2M)), M-step into out. Returns the
-// log-likelihood at theta.
+// log-likelihood at theta when need_loglik (else 0: SQUAREM does not look at every update's).
 double em_update(const Production& pr, const int64_t* batches, int64_t n_batches, bool escapes,
-                 const std::vector<double>& theta, std::vector<double>& out, Workspace& ws) {
+                 bool need_loglik, const std::vector<double>& theta, std::vector<double>& out, Workspace& ws) {
     const int64_t n_machines = pr.n_machines;
     const double* p = theta.data();
     const double* a = theta.data() + n_machines;
+    const int64_t n_chunks = n_chunks_for(n_batches, n_machines);
+    ws.partial.assign(static_cast<size_t>(3 * n_machines * n_chunks), 0.0);
+    ws.partial_loglik.assign(static_cast<size_t>(n_chunks), 0.0);
+    ws.team.run(n_chunks, [&](int64_t c, int worker) {
+        double* __restrict d = ws.partial.data() + 3 * n_machines * c;
+        double* __restrict g = d + n_machines;
+        double* __restrict missed = g + n_machines;
+        Scratch& s = ws.scratch[static_cast<size_t>(worker)];
+        const double* __restrict t = s.t.data();
+        const double* __restrict q = s.q.data();
+        double loglik = 0.0;
+        for (int64_t i = n_batches * c / n_chunks; i < n_batches * (c + 1) / n_chunks; ++i) {
+            const int64_t b = batches[i];
+            const uint8_t* insp = pr.inspects + pr.first_row(b);
+            loglik += estep_batch(pr, b, escapes, need_loglik, p, a, s, [&](const StepTerms& st) {
+                d[st.machine] += st.made;
+                g[st.machine] += st.good_after;
+                missed[st.machine] += insp[st.k] ? t[st.k] * q[st.k] * st.u_next : 0.0;  // + 0 leaves it exact
+            });
+        }
+        ws.partial_loglik[static_cast<size_t>(c)] = loglik;
+    });
+    double loglik = 0.0;
     std::fill(ws.d.begin(), ws.d.end(), 0.0);
     std::fill(ws.g.begin(), ws.g.end(), 0.0);
     std::fill(ws.missed.begin(), ws.missed.end(), 0.0);
-    double loglik = 0.0;
-
-    for (int64_t i = 0; i < n_batches; ++i) {
-        const int64_t b = batches[i];
-        const int64_t r0 = pr.first_row(b);
-        const int64_t n_steps = pr.end_row(b) - r0;
-        const int32_t* mach = pr.machine + r0;
-        const int64_t* det = pr.defects + r0;
-        const uint8_t* insp = pr.inspects + r0;
-
-        double survive = 1.0;  // prod_{s<k} p_s
-        for (int64_t k = 0; k < n_steps; ++k) {
-            const double pk = p[mach[k]];
-            ws.q[k] = insp[k] ? a[mach[k]] : 1.0;
-            ws.v[k] = (1.0 - pk) * survive;
-            ws.t[k] = (k == 0 ? 0.0 : ws.t[k - 1] * ws.q[k - 1]) + ws.v[k];
-            survive *= pk;
+    for (int64_t c = 0; c < n_chunks; ++c) {
+        const double* part = ws.partial.data() + 3 * n_machines * c;
+        for (int64_t m = 0; m < n_machines; ++m) {
+            ws.d[m] += part[m];
+            ws.g[m] += part[n_machines + m];
+            ws.missed[m] += part[2 * n_machines + m];
         }
-        double u_next = 0.0;  // U_{k+1}
-        double good = 0.0;    // final pieces that are truly good (escapes model), per use
-        if (escapes) {
-            const double final_good = static_cast<double>(pr.final_good(b));
-            const double escape = ws.t[n_steps - 1] * ws.q[n_steps - 1];
-            const double unflagged = survive + escape;
-            if (final_good > 0.0) {
-                loglik += final_good * std::log(unflagged);
-                u_next = final_good / unflagged;
-                good = final_good * survive / unflagged;
-            }
-        }
-        double later = 0.0;   // H_k
-        for (int64_t k = n_steps - 1; k >= 0; --k) {
-            double c = 0.0;
-            if (det[k] > 0) {
-                const double bk = static_cast<double>(det[k]);
-                loglik += bk * std::log(ws.t[k]);
-                if (ws.t[k] > 0.0) c = bk / ws.t[k];
-            }
-            const double u = c + ws.q[k] * u_next;
-            const double e = ws.v[k] * u;
-            const int32_t m = mach[k];
-            ws.d[m] += e;
-            ws.g[m] += later + good;
-            if (insp[k]) ws.missed[m] += ws.t[k] * ws.q[k] * u_next;
-            later += e;
-            u_next = u;
-        }
+        loglik += ws.partial_loglik[static_cast<size_t>(c)];
     }
 
     std::copy(theta.begin(), theta.end(), out.begin());
     for (int64_t m = 0; m < n_machines; ++m) {
         if (!ws.present[m]) continue;
-        if (!escapes) loglik += ws.good_final[m] * std::log(p[m]);
-        if (ws.detected[m] > 0.0) loglik += ws.detected[m] * std::log(1.0 - a[m]);
+        if (need_loglik) {
+            if (!escapes) loglik += ws.good_final[m] * std::log(p[m]);
+            if (ws.detected[m] > 0.0) loglik += ws.detected[m] * std::log(1.0 - a[m]);
+        }
         const double good = (escapes ? 0.0 : ws.good_final[m]) + ws.g[m];
         const double total = good + ws.d[m];
         if (total > 0.0) out[m] = good / total;
@@ -168,8 +253,8 @@ int fit_subset(const Production& pr, const int64_t* batches, int64_t n_batches, 
         ws.th0[m] = p0[m];
         ws.th0[n_machines + m] = ws.inspecting[m] ? a0[m] : 1.0;
     }
-    auto update = [&](const std::vector<double>& in, std::vector<double>& out) {
-        return em_update(pr, batches, n_batches, cfg.escapes, in, out, ws);
+    auto update = [&](const std::vector<double>& in, std::vector<double>& out, bool need_loglik = true) {
+        return em_update(pr, batches, n_batches, cfg.escapes, need_loglik, in, out, ws);
     };
     converged = false;
     int iter = 0;
@@ -219,7 +304,7 @@ int fit_subset(const Production& pr, const int64_t* batches, int64_t n_batches, 
     const int64_t n_params = 2 * n_machines;
     while (iter < cfg.max_iter) {
         std::swap(ws.th1, ws.next);
-        update(ws.th1, ws.th2);
+        update(ws.th1, ws.th2, false);
         ++iter;
         double r2 = 0.0, w2 = 0.0;
         for (int64_t i = 0; i < n_params; ++i) {
@@ -235,7 +320,13 @@ int fit_subset(const Production& pr, const int64_t* batches, int64_t n_batches, 
                 const double r = ws.th1[i] - ws.th0[i];
                 const double w = ws.th2[i] - 2.0 * ws.th1[i] + ws.th0[i];
                 double x = ws.th0[i];
-                if (r != 0.0 || w != 0.0) x = std::min(kHi, std::max(kLo, x + 2.0 * step * r + step * step * w));
+                if (r != 0.0 || w != 0.0) {
+                    // at most kApproach times closer to 0 or 1 than the cycle's own points
+                    const double floor0 = std::min(ws.th0[i], ws.th2[i]) / kApproach;
+                    const double floor1 = std::min(1.0 - ws.th0[i], 1.0 - ws.th2[i]) / kApproach;
+                    x = std::min(1.0 - floor1, std::max(floor0, x + 2.0 * step * r + step * step * w));
+                    x = std::min(kHi, std::max(kLo, x));
+                }
                 ws.thx[i] = x;
             }
             const double l_x = update(ws.thx, ws.next);
@@ -273,11 +364,17 @@ bool fit_em(const Production& pr, const Subsets& subsets, const double* p0, cons
     int64_t max_steps = 1;
     for (int64_t b = 0; b < pr.n_batches; ++b)
         max_steps = std::max(max_steps, pr.end_row(b) - pr.first_row(b));
+    // Threads go to the subsets when there are several (bootstrap resamples), else to the E-step's
+    // chunks of the one fit; the chunks make the sums the same either way.
     const int n_workers =
         static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, subsets.n_subsets)));
+    std::vector<std::unique_ptr<Team>> teams;
     std::vector<Workspace> spaces;
     spaces.reserve(static_cast<size_t>(n_workers));
-    for (int w = 0; w < n_workers; ++w) spaces.emplace_back(pr.n_machines, max_steps);
+    for (int w = 0; w < n_workers; ++w) {
+        teams.push_back(std::make_unique<Team>(n_workers == 1 ? threads : 1));
+        spaces.emplace_back(pr.n_machines, max_steps, *teams.back());
+    }
 
     const int64_t M = pr.n_machines;
     const double nan = std::numeric_limits<double>::quiet_NaN();
@@ -298,6 +395,121 @@ bool fit_em(const Production& pr, const Subsets& subsets, const double* p0, cons
         }
     };
     return run_tasks(subsets.n_subsets, n_workers, task, poll);
+}
+
+namespace {
+
+// sum_{k<n} x[k] y[k] in a fixed order: four running sums (k mod 4), added at the end.
+inline double dot(const double* x, const double* y, int64_t n) {
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4) {
+        s0 += x[k] * y[k];
+        s1 += x[k + 1] * y[k + 1];
+        s2 += x[k + 2] * y[k + 2];
+        s3 += x[k + 3] * y[k + 3];
+    }
+    for (; k < n; ++k) s0 += x[k] * y[k];
+    return (s0 + s1) + (s2 + s3);
+}
+
+}  // namespace
+
+bool inverse_diagonal(const double* a, int64_t n, int threads, double* out) {
+    // Scaled to unit diagonal: S = D A D, D = diag(a)^-1/2; then A^-1 = D S^-1 D.
+    std::vector<double> scale(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+        if (!(a[i * n + i] > 0.0)) return false;
+        scale[i] = 1.0 / std::sqrt(a[i * n + i]);
+    }
+    // Cholesky S = L L^T, row by row (L row-major, lower triangle). A pivot 1 - R^2 at or below
+    // n x epsilon: S is singular to working precision.
+    std::vector<double> L(static_cast<size_t>(n * n), 0.0);
+    const double cut = static_cast<double>(n) * std::numeric_limits<double>::epsilon();
+    for (int64_t i = 0; i < n; ++i) {
+        double* li = L.data() + i * n;
+        for (int64_t j = 0; j < i; ++j) {
+            const double* lj = L.data() + j * n;
+            li[j] = (a[i * n + j] * scale[i] * scale[j] - dot(li, lj, j)) / lj[j];
+        }
+        const double pivot = 1.0 - dot(li, li, i);
+        if (!(pivot > cut)) return false;
+        li[i] = std::sqrt(pivot);
+    }
+    // diag(S^-1)_i = sum_r X_ri^2, X = L^-1: column i by forward substitution from row i. Columns
+    // are independent; each is computed the same way on any thread.
+    Team team(threads);
+    const int64_t block = 16;
+    std::vector<std::vector<double>> cols(static_cast<size_t>(team.size()), std::vector<double>(static_cast<size_t>(n)));
+    team.run((n + block - 1) / block, [&](int64_t c, int worker) {
+        std::vector<double>& x = cols[static_cast<size_t>(worker)];
+        for (int64_t i = c * block; i < std::min(n, (c + 1) * block); ++i) {
+            x[i] = 1.0 / L[i * n + i];
+            double sum = x[i] * x[i];
+            for (int64_t r = i + 1; r < n; ++r) {
+                const double* lr = L.data() + r * n;
+                x[r] = -dot(lr + i, x.data() + i, r - i) / lr[r];
+                sum += x[r] * x[r];
+            }
+            out[i] = sum * scale[i] * scale[i];
+        }
+    });
+    return true;
+}
+
+double score_outer_product(const Production& pr, const double* p, const double* a, const int64_t* free_index,
+                           int64_t n_free, double* grad, double* opg) {
+    const int64_t n_machines = pr.n_machines;
+    int64_t max_steps = 1;
+    for (int64_t b = 0; b < pr.n_batches; ++b)
+        max_steps = std::max(max_steps, pr.end_row(b) - pr.first_row(b));
+    Scratch s(max_steps);
+    std::vector<int64_t> slot(static_cast<size_t>(2 * n_machines), -1);  // free parameter -> its place in the batch's list
+    std::vector<int64_t> idx;
+    std::vector<double> val;
+    std::fill(grad, grad + n_free, 0.0);
+    std::fill(opg, opg + n_free * n_free, 0.0);
+    double loglik = 0.0;
+    auto add = [&](int64_t param, double x) {
+        const int64_t f = free_index[param];
+        if (f < 0) return;
+        if (slot[param] < 0) {
+            slot[param] = static_cast<int64_t>(idx.size());
+            idx.push_back(f);
+            val.push_back(0.0);
+        }
+        val[static_cast<size_t>(slot[param])] += x;
+    };
+    for (int64_t b = 0; b < pr.n_batches; ++b) {
+        const int64_t r0 = pr.first_row(b);
+        const int32_t* mach = pr.machine + r0;
+        const int64_t* det = pr.defects + r0;
+        const uint8_t* insp = pr.inspects + r0;
+        idx.clear();
+        val.clear();
+        loglik += estep_batch(pr, b, true, true, p, a, s, [&](const StepTerms& st) {
+            const int32_t m = st.machine;
+            // d/dp of H ln p + E ln(1 - p), with E / (1 - p) = survive U (E = (1 - p) survive U): no 0/0 at p = 1
+            add(m, st.good_after / p[m] - s.survive[st.k] * st.u);
+            if (insp[st.k]) {
+                // d/da of S ln a + b ln(1 - a), with S / a = T U_{k+1} (S = T a U_{k+1})
+                const double bk = static_cast<double>(det[st.k]);
+                add(n_machines + m, s.t[st.k] * st.u_next - (bk > 0.0 ? bk / (1.0 - a[m]) : 0.0));
+            }
+        });
+        for (int64_t k = 0; k < pr.end_row(b) - r0; ++k)
+            if (det[k] > 0) loglik += static_cast<double>(det[k]) * std::log(1.0 - a[mach[k]]);
+        for (size_t i = 0; i < idx.size(); ++i) {
+            grad[idx[i]] += val[i];
+            double* row = opg + idx[i] * n_free;
+            for (size_t j = 0; j < idx.size(); ++j) row[idx[j]] += val[i] * val[j];
+        }
+        for (int64_t k = 0; k < pr.end_row(b) - r0; ++k) {
+            slot[mach[k]] = -1;
+            slot[n_machines + mach[k]] = -1;
+        }
+    }
+    return loglik;
 }
 
 }  // namespace fabguard

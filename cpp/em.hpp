@@ -40,4 +40,20 @@ bool fit_em(const Production& pr, const Subsets& subsets, const double* p0, cons
             const EmConfig& config, int threads, const EmOutput& out,
             const std::function<bool(int64_t)>& poll);
 
+// Scores of the escapes model at (p, a) for the observed-information interval. Per batch, the score
+// (gradient of the batch's log-likelihood) by Fisher's identity: the E-step's expected complete-data
+// score, d/dp_m = H_m / p_m - E_m / (1 - p_m), d/da_m = S_m / a_m - B_m / (1 - a_m). Parameter j is
+// p_j (j < n_machines) or a_{j - n_machines}; free_index[j] is its place among the n_free parameters
+// kept (-1: left out). Writes grad (n_free: the sum of the batch scores) and opg (n_free x n_free,
+// row-major: the sum of their outer products), batches in order, one thread. Returns the
+// log-likelihood at (p, a).
+double score_outer_product(const Production& pr, const double* p, const double* a, const int64_t* free_index,
+                           int64_t n_free, double* grad, double* opg);
+
+// diag(A^-1) of a symmetric positive definite n x n matrix (row-major), into out, by Cholesky of A
+// scaled to unit diagonal. The sums run in a fixed order: the same result for any thread count.
+// Returns false, leaving out unspecified, where A is not positive definite to working precision
+// (a pivot of the scaled matrix at or below n x machine epsilon).
+bool inverse_diagonal(const double* a, int64_t n, int threads, double* out);
+
 }  // namespace fabguard

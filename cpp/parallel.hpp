@@ -81,3 +81,86 @@ inline bool run_tasks(int64_t n_tasks, int threads,
 }
 
 }  // namespace fabguard
+
+namespace fabguard {
+
+// A fixed team of threads for many short parallel loops of one owner (an EM fit's E-steps): the
+// threads are started once and wait between loops. The caller works as worker 0. Items must not
+// throw. Whatever the team's size, every item runs exactly once, so a loop whose items write to
+// their own outputs gives the same result for any size.
+class Team {
+public:
+    explicit Team(int n_threads) {
+        for (int w = 1; w < n_threads; ++w) {
+            try {
+                helpers_.emplace_back([this, w] { loop(w); });
+            } catch (...) {  // fewer threads: the same results, later
+                break;
+            }
+        }
+    }
+    ~Team() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            stop_ = true;
+        }
+        start_.notify_all();
+        for (auto& th : helpers_) th.join();
+    }
+    Team(const Team&) = delete;
+    Team& operator=(const Team&) = delete;
+
+    int size() const { return static_cast<int>(helpers_.size()) + 1; }
+
+    // Runs fn(item, worker) for item in [0, n_items) and returns when all have run.
+    void run(int64_t n_items, const std::function<void(int64_t, int)>& fn) {
+        if (helpers_.empty() || n_items <= 1) {
+            for (int64_t i = 0; i < n_items; ++i) fn(i, 0);
+            return;
+        }
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            fn_ = &fn;
+            n_items_ = n_items;
+            next_.store(0);
+            busy_ = static_cast<int>(helpers_.size());
+            ++generation_;
+        }
+        start_.notify_all();
+        work(0);
+        std::unique_lock<std::mutex> lock(mutex_);
+        done_.wait(lock, [this] { return busy_ == 0; });
+        fn_ = nullptr;
+    }
+
+private:
+    void work(int worker) {
+        for (int64_t i = next_.fetch_add(1); i < n_items_; i = next_.fetch_add(1)) (*fn_)(i, worker);
+    }
+    void loop(int worker) {
+        uint64_t seen = 0;
+        for (;;) {
+            {
+                std::unique_lock<std::mutex> lock(mutex_);
+                start_.wait(lock, [&] { return stop_ || generation_ != seen; });
+                if (stop_) return;
+                seen = generation_;
+            }
+            work(worker);
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (--busy_ == 0) done_.notify_one();
+        }
+    }
+
+    std::vector<std::thread> helpers_;
+    std::mutex mutex_;
+    std::condition_variable start_, done_;
+    const std::function<void(int64_t, int)>* fn_ = nullptr;
+    int64_t n_items_ = 0;
+    std::atomic<int64_t> next_{0};
+    int busy_ = 0;
+    uint64_t generation_ = 0;
+    bool stop_ = false;
+};
+
+}  // namespace fabguard

@@ -95,6 +95,41 @@ class Client:
     def rollback(self) -> dict:
         return self._call("POST", "/api/v1/models/rollback").json()
 
+    # --- shadow and canary -----------------------------------------------------------------------------
+    def start_experiment(self, candidate: str, mode: str, share: float | None = None) -> dict:
+        """Start a ``shadow`` or ``canary`` phase of a registered candidate."""
+        body = {"candidate": candidate, "mode": mode, **({"share": share} if share is not None else {})}
+        return self._call("POST", "/api/v1/experiments", json=body).json()
+
+    def stop_experiment(self, experiment_id: int) -> dict:
+        return self._call("POST", f"/api/v1/experiments/{experiment_id}/stop").json()
+
+    def experiment(self, experiment_id: int) -> dict:
+        return self._call("GET", f"/api/v1/experiments/{experiment_id}").json()
+
+    def compare(self, experiment_id: int) -> dict:
+        """The candidate against production: rates, tests, reviewed-label figures, recommendation."""
+        return self._call("GET", f"/api/v1/experiments/{experiment_id}/report").json()
+
+    def events(self, kind: str | None = None, limit: int = 100) -> list[dict]:
+        params = {"limit": limit, **({"kind": kind} if kind else {})}
+        return self._call("GET", "/api/v1/events", params=params).json()
+
+    # --- review and monitoring -------------------------------------------------------------------------
+    def review_queue(self, inspector: str, limit: int = 20) -> dict:
+        return self._call("GET", "/api/v1/review/queue", params={"inspector": inspector, "limit": limit}).json()
+
+    def label(self, inspection_id: str, inspector: str, label: str, defect_type: str | None = None) -> dict:
+        body = {"inspector": inspector, "label": label, **({"defect_type": defect_type} if defect_type else {})}
+        return self._call("POST", f"/api/v1/review/items/{inspection_id}/labels", json=body).json()
+
+    def review_figures(self, **params) -> dict:
+        """FNR, FPR, REJECT override and agreement with intervals (``since``, ``until``, ``version``, ``arm``)."""
+        return self._call("GET", "/api/v1/review/figures", params=params).json()
+
+    def drift(self) -> dict:
+        return self._call("GET", "/api/v1/drift").json()
+
     # --- health ----------------------------------------------------------------------------------------
     def ready(self) -> bool:
         """True once the service has a model loaded and warmed."""

@@ -54,15 +54,36 @@ def test_training_follows_the_recipe_and_keeps_the_best_epoch(detectors, normals
 def test_standardisation_uses_training_statistics(detectors, normals):
     from fabguard.anomaly.images import split
 
-    m = detectors["feature-vae"].model_
-    train, _ = split(len(normals), 0.2, 0)
+    detector = detectors["feature-vae"]
+    m, batch = detector.model_, detector.batch_size
+    train, val = split(len(normals), detector.val_fraction, detector.seed)
+    images = torch.from_numpy(normals.images[train])
+    # The training features again, in the batches training used: the same float32 operations on the same
+    # inputs, so the same bits (another batching would reorder the backbone's sums).
     with torch.inference_mode():
-        f = m.embed(torch.from_numpy(normals.images[train])).double()
-    # Not argued to the last bit (a follow-up): the statistics were computed from features extracted in
-    # other batches, so they differ from these by the backbone's float32 reordering too (measured: up to
-    # 1.9e-5 in a channel mean).
-    np.testing.assert_allclose(f.mean((0, 2, 3)).numpy(), 0, atol=1e-4)
-    np.testing.assert_allclose(f.std((0, 2, 3)).numpy()[m.std.numpy() > 1e-5], 1, atol=1e-3)
+        raw = detector._features(m, normals.images[train], progress=False).double()
+        f = torch.cat([m.embed(images[s:s + batch]) for s in range(0, len(images), batch)]).double()
+    assert torch.equal(m.mean, raw.mean((0, 2, 3)).float())  # the training split's statistics, bit for bit
+    assert torch.equal(m.std, raw.std((0, 2, 3)).float().clamp_min(1e-6))
+    with torch.inference_mode():
+        everything = detector._features(m, normals.images[np.concatenate([train, val])], progress=False)
+    assert not torch.equal(m.mean, everything.double().mean((0, 2, 3)).float())  # not those of all images
+    # Standardised, those features have mean 0 and sd 1 but for float32 rounding (u = 2^-24). The buffers are
+    # the float64 statistics M, S rounded once (m = M (1 + e), s = S (1 + e'), |e|, |e'| <= u), and each value
+    # z = fl(fl(x - m) / s) is y = (x - m) / s times (1 + r), |r| <= d = 2u + u^2. So mean(z) is mean(y) =
+    # (M - m) / s, at most u |m| / s to first order, plus at most d mean|z|; sd(z) is sd(y) = S / s, within
+    # u of 1 to first order, plus at most d rms(z) sqrt(n / (n - 1)) (the sd is a seminorm: it moves by at
+    # most the change's rms, with n - 1 for n). Doubling each first-order term covers the second-order ones
+    # and the float64 sums' rounding (n 2^-53 relative, checked below to be far under u).
+    u, n = 2.0**-24, f[:, 0].numel()
+    assert n * 2.0**-53 < u / 100
+    d = 2 * u + u * u
+    mean, sd = f.mean((0, 2, 3)), f.std((0, 2, 3))
+    abs_mean, rms = f.abs().mean((0, 2, 3)), f.pow(2).mean((0, 2, 3)).sqrt()
+    assert torch.all(mean.abs() <= 2 * (u * m.mean.double().abs() / m.std.double() + d * abs_mean))
+    kept = m.std > 1e-6  # a constant channel's sd is clamped, not rescaled to 1
+    assert kept.sum() > 0.9 * len(kept)
+    assert torch.all(((sd - 1).abs() <= 2 * (u + d * rms * (n / (n - 1)) ** 0.5))[kept])
 
 
 def test_score_is_the_largest_position_error_and_the_heatmap_its_smoothed_map(detectors, test_set):
@@ -117,6 +138,24 @@ def test_bad_parameters_are_refused_before_work(normals, params, name):
     with pytest.raises(InvalidParameterError, match=f"'{name}' parameter of FeatureVAEDetector"):
         detector.fit(normals.images)
     assert not hasattr(detector, "model_")
+
+
+@pytest.mark.parametrize("train_loss, val_loss, message", [
+    (float("inf"), 0.0, "feature VAE training diverged at epoch 1"),
+    (1.0, float("nan"), r"feature VAE validation loss was never finite \(nan\)"),
+])
+def test_the_shared_training_loop_refuses_non_finite_losses(train_loss, val_loss, message):
+    """Both VAEs train through fabguard.anomaly.training; a non-finite loss is an error, not a saved model."""
+    detector = FeatureVAEDetector(epochs=3, batch_size=2, patience=1)
+    net = torch.nn.Linear(1, 1)
+
+    def batch_loss(index, beta, generator):
+        loss = net.weight.sum() * 0 + train_loss
+        return loss, loss, loss
+
+    with pytest.raises(InputError, match=message):
+        detector._train(net, list(net.parameters()), 4, batch_loss, lambda: torch.tensor(val_loss), False,
+                        "feature VAE")
 
 
 def test_seeded_training_is_reproducible(normals):

@@ -36,7 +36,9 @@ def test_detect_prints_and_writes_every_output(records, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "low-yield: " in printed and all(m in printed for m in low)
-    assert sorted(json.loads(j.read_text())["low_yield"]) == sorted(low)
+    report = json.loads(j.read_text())
+    assert sorted(report["low_yield"]) == sorted(low)
+    assert report["summary"]["interval"] == "information" and report["summary"]["em_iterations_resamples_median"] is None
     assert len(pd.read_csv(c)) == 30
     assert p.read_bytes()[:4] == b"\x89PNG"
 
@@ -63,6 +65,15 @@ def test_bad_plot_name_writes_nothing(records, tmp_path, capsys):
     plot = tmp_path / "plot.bmp"
     assert main(["yield", "detect", str(out), "--method", "glm", "--plot", str(plot)]) == 2
     assert "--plot" in capsys.readouterr().err and not plot.exists()
+
+
+def test_bootstrap_interval_shows_progress_and_reports_its_resamples(records, tmp_path, capsys):
+    out, _ = records
+    j = tmp_path / "r.json"
+    assert main(["yield", "detect", str(out), "--interval", "bootstrap", "--resamples", "5", "--json", str(j)]) == 0
+    assert "EM fits" in capsys.readouterr().err  # the bar: 1 + 5 fits
+    summary = json.loads(j.read_text())["summary"]
+    assert summary["interval"] == "bootstrap" and summary["em_converged_resamples"] == 5
 
 
 def test_bundled_demo_is_the_default(capsys):

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fabguard import _core
-from fabguard.machine_yield import LowYieldDetector, load_production
-from fabguard.machine_yield.em import fit_subsets, initial_yields, starting_values
+from fabguard.machine_yield import LowYieldDetector, load_production, simulate
+from fabguard.machine_yield.em import fit_subsets, information_se, initial_yields, starting_values
+from fabguard.machine_yield.em_numpy import score_outer_product_numpy
 
 
 def one_batch():
@@ -101,8 +102,11 @@ def test_engines_reach_the_same_optimum(small_sim):
     assert np.nanmax(np.abs(cpp.miss_rate - ref.miss_rate)) <= 2e-6
 
 
-def test_default_stop_is_within_1e6_of_the_optimum(small_sim):
-    data = small_sim.data
+@pytest.mark.parametrize("fleet", ["small_sim", "50x1000"])
+def test_default_stop_is_within_1e6_of_the_optimum(small_sim, fleet):
+    """50 x 1000 (seed 1): without the bound on how close to 1 an extrapolation may come, SQUAREM
+    put a yield whose optimum is 1 - 2e-5 at 1 - 1e-12 and the default stop ended 2.1e-5 away."""
+    data = small_sim.data if fleet == "small_sim" else simulate(50, 1000, 3, 0.4, seed=1).data
     start = starting_values(data)
     full = [np.arange(data.n_batches)]
     default = fit_subsets(data, full, start=start)  # tol 1e-13, SQUAREM
@@ -138,17 +142,107 @@ def test_escapes_remove_the_bias_of_low_yield_machines(small_sim):
     assert np.corrcoef(ours.miss_rate[0][inspecting], truth["miss_rate"].to_numpy()[inspecting])[0, 1] > 0.9
 
 
-def test_detector_engines_agree(small_sim):
-    cpp = LowYieldDetector(resamples=3, seed=5).fit(small_sim.data)
-    ref = LowYieldDetector(resamples=3, seed=5, engine="numpy").fit(small_sim.data)
+@pytest.mark.parametrize("interval", ["information", "bootstrap"])
+def test_detector_engines_agree(small_sim, interval):
+    cpp = LowYieldDetector(interval=interval, resamples=3, seed=5).fit(small_sim.data)
+    ref = LowYieldDetector(interval=interval, resamples=3, seed=5, engine="numpy").fit(small_sim.data)
     assert cpp.low_yield_machines_ == ref.low_yield_machines_
     # converged fits, not identical paths (see test_engines_reach_the_same_optimum); resample_tol 1e-9
-    assert np.nanmax(np.abs(cpp.resample_yields_.to_numpy() - ref.resample_yields_.to_numpy())) <= 1e-5
+    assert np.nanmax(np.abs(cpp.resample_yields_.to_numpy() - ref.resample_yields_.to_numpy()), initial=0) <= 1e-5
 
 
-def test_identical_for_any_thread_count(small_sim):
-    reports = [LowYieldDetector(resamples=12, threads=t, seed=7).fit(small_sim.data) for t in (1, 2, 3)]
+def _kept(data, fit, a0):
+    """(p, a, free) of a fit as information_se takes them."""
+    p, miss = fit.yield_[0], fit.miss_rate[0]
+    return np.nan_to_num(p, nan=1.0), np.where(np.isfinite(miss), miss, a0), np.r_[np.isfinite(p), np.isfinite(miss)]
+
+
+def test_batch_scores_sum_to_the_gradient_of_the_loglik(table):
+    """Fisher's identity, checked by central differences on the escapes log-likelihood of a hand table
+    away from the optimum (3 EM updates). |L| is below 1e3, so rounding costs about 1e-16 x 1e3 / h =
+    1e-6 with h = 1e-7, and the truncation h^2 |d3L| / 6, with |d3L| below 1e4 here, below 1e-9."""
+    data = load_production(table.assign(inspected=[False, True, False, True, True, True, True]))
+    p0, _ = starting_values(data)
+    a0 = np.full(data.n_machines, 0.3)  # inside (0, 1): the last inspection's F / (F + B) start is 0
+    fit = fit_subsets(data, [np.arange(data.n_batches)], tol=0.0, max_iter=3, start=(p0, a0))
+    p, a, free = _kept(data, fit, a0)
+    assert free.sum() == 7 and np.all((np.r_[p, a][free] > 1e-3) & (np.r_[p, a][free] < 1 - 1e-3))
+    free_index = np.where(free, np.cumsum(free) - 1, -1)
+    out = _core.score_outer_product(data.core, p, a, free_index)
+    assert abs(out["loglik"]) < 1e3
+
+    def loglik(theta):
+        return _core.score_outer_product(data.core, theta[: data.n_machines], theta[data.n_machines:],
+                                         free_index)["loglik"]
+
+    theta, h = np.r_[p, a], 1e-7
+    for j in np.flatnonzero(free):
+        up, down = theta.copy(), theta.copy()
+        up[j] += h
+        down[j] -= h
+        numeric = (loglik(up) - loglik(down)) / (2 * h)
+        assert abs(out["grad"][free_index[j]] - numeric) <= 1e-5, j
+    # and the log-likelihood is the EM's at the same point
+    at = fit_subsets(data, [np.arange(data.n_batches)], tol=0.0, max_iter=1, start=(p, a))
+    assert out["loglik"] == pytest.approx(at.loglik[0], rel=1e-13)
+
+
+def test_score_outer_product_agrees_with_numpy_reference(small_sim):
+    """The same sums by the recursions (C++) and by per-event weights (NumPy), in different orders:
+    each score is a sum of terms bounded by its magnitude, rounded to ~1e-16 relative per operation
+    over at most ~10^3 terms, so the products agree to 1e-9 of the largest entry."""
+    data = small_sim.data
+    p0, a0 = starting_values(data)
+    p, a, free = _kept(data, fit_subsets(data, [np.arange(data.n_batches)], tol=0.0, max_iter=8), a0)
+    free_index = np.where(free, np.cumsum(free) - 1, -1)
+    cpp = _core.score_outer_product(data.core, p, a, free_index)
+    grad, opg, loglik = score_outer_product_numpy(data, p, a, free_index)
+    scale = np.max(np.abs(opg))
+    assert np.max(np.abs(cpp["opg"] - opg)) <= 1e-9 * scale
+    assert np.max(np.abs(cpp["grad"] - grad)) <= 1e-9 * np.sqrt(scale * data.n_batches)
+    assert cpp["loglik"] == pytest.approx(loglik, rel=1e-12)
+    se_cpp, _ = information_se(data, p, a, free)
+    se_ref, _ = information_se(data, p, a, free, engine="numpy")
+    np.testing.assert_allclose(se_cpp, se_ref, rtol=1e-7)  # 1e-9 in the matrix, times its condition (~1e2)
+
+
+def test_inverse_diagonal_is_exact_and_the_same_for_any_thread_count():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(70, 300)) * np.geomspace(1e-3, 1e3, 70)[:, None]  # badly scaled, well conditioned once scaled
+    info = x @ x.T
+    ref = np.diag(np.linalg.inv(info))
+    ones = _core.inverse_diagonal(info, 1)
+    np.testing.assert_allclose(ones, ref, rtol=1e-10)
+    for threads in (2, 3):
+        np.testing.assert_array_equal(_core.inverse_diagonal(info, threads), ones)
+    assert _core.inverse_diagonal(np.ones((3, 3))) is None  # singular: the caller falls back to eigh
+
+
+def test_unidentified_yields_get_an_infinite_se():
+    """Two machines always used together, with no inspection between them: only the product of their
+    yields is in the data. The information is singular in that direction; both get SE inf and are
+    not flagged, whatever split the EM ended at."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for b in range(60):
+        middle = ["A", "B"] if b % 2 else ["C", "D"]
+        route = ["X", *middle, "Y"] if b % 3 else ["Z", *middle, "Y"]
+        made = int(rng.binomial(200, 0.02))
+        rows += [(f"b{b}", k + 1, m, 200, made if k == 3 else 0, k == 3) for k, m in enumerate(route)]
+    frame = pd.DataFrame(rows, columns=["batch", "step", "machine", "pieces_in", "defects", "inspected"])
+    det = LowYieldDetector(min_batches=1).fit(frame)
+    m = det.report_.machines.set_index("machine")
+    assert np.isinf(m.loc[["A", "B", "C", "D"], "std_error"]).all()
+    assert not m.loc[["A", "B", "C", "D"], "low_yield"].any()
+    assert (m.loc[["A", "B"], "ci_low"] == 0).all() and (m.loc[["A", "B"], "ci_high"] == 1).all()
+
+
+@pytest.mark.parametrize("interval", ["information", "bootstrap"])
+def test_identical_for_any_thread_count(small_sim, interval):
+    reports = [LowYieldDetector(interval=interval, resamples=12, threads=t, seed=7).fit(small_sim.data)
+               for t in (1, 2, 3)]
     for other in reports[1:]:
+
         pd.testing.assert_frame_equal(other.report_.machines, reports[0].report_.machines, check_exact=True)
         np.testing.assert_array_equal(other.resample_yields_.to_numpy(), reports[0].resample_yields_.to_numpy())
 
@@ -180,7 +274,7 @@ def test_start_is_never_absorbing_and_survives_dead_batches(table):
     assert data.final_good.min() == 0
     p0 = initial_yields(data)
     assert np.all(np.isfinite(p0)) and p0.max() <= 1 - 1e-6 and p0.min() >= 1e-6
-    for interval in ("bootstrap", "paper"):
+    for interval in ("information", "bootstrap", "paper"):
         report = LowYieldDetector(interval=interval, resamples=3, n_bootstrap=200).fit(data).report_
         assert report.machines["yield_full"].between(0, 1).all()
 
@@ -346,3 +440,14 @@ def test_core_never_crashes_on_raw_arrays(case):
     except ValueError:
         return
     assert out["yield"].shape == (2, arrays["n_machines"])
+
+
+def test_information_falls_back_to_the_bootstrap_with_fewer_batches_than_parameters():
+    """60 machines (60 yields and the inspecting ones' miss rates) in 40 batches: a sum of 40 rank-1
+    score products cannot be inverted, so the fit says so and uses the bootstrap."""
+    data = simulate(60, 40, 2, 0.4, seed=2).data
+    det = LowYieldDetector(resamples=5, seed=1).fit(data)
+    summary = det.report_.summary
+    assert summary["interval"] == "bootstrap" and "40 batches" in summary["interval_note"]
+    assert len(det.resample_yields_) == 5 and summary["em_converged_resamples"] == 5
+    assert LowYieldDetector().fit(simulate(20, 200, 1, 0.4, seed=2).data).report_.summary["interval_note"] is None

@@ -168,7 +168,8 @@ def one_gb(monkeypatch):
 
 
 @pytest.mark.parametrize("call, words", [
-    (lambda data: LowYieldDetector(resamples=1_000_000).fit(data), ["LowYieldDetector.fit", "resamples"]),
+    (lambda data: LowYieldDetector(interval="bootstrap", resamples=1_000_000).fit(data),
+     ["LowYieldDetector.fit", "resamples"]),
     (lambda data: LowYieldDetector(interval="paper", n_bootstrap=10**9).fit(data), ["LowYieldDetector.fit", "n_bootstrap"]),
     (lambda data: LowYieldDetector(interval="paper", n_bootstrap=10**30).fit(data), ["LowYieldDetector.fit"]),
     (lambda data: simulate(250, 10**10), ["10000000000 batches"]),
@@ -180,6 +181,12 @@ def test_sizes_that_cannot_fit_are_refused_with_the_figure(one_gb, small_sim, ca
         call(small_sim.data)
     assert time.perf_counter() - started < 5
     assert all(w in str(info.value) for w in words), info.value
+
+
+def test_information_interval_refuses_a_matrix_that_cannot_fit(monkeypatch, small_sim):
+    monkeypatch.setattr(params, "available_memory", lambda: 10**5)  # the 80 x 80 information alone needs 0.2 MB
+    with pytest.raises(ResourceError, match="LowYieldDetector.fit.*interval='bootstrap'"):
+        LowYieldDetector().fit(small_sim.data)
 
 
 def test_glm_refuses_a_fisher_information_that_cannot_fit(monkeypatch, small_sim):
@@ -403,7 +410,7 @@ def test_import_loads_no_heavy_package():
             "my.LowYieldDetector; print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "[]"  # import and parser: numpy only
-    assert out[1] == "['pandas', 'scipy']"  # the EM detector: what it uses, no more
+    assert out[1] == "['pandas']"  # the EM detector: what its default uses, no more (scipy: other modes)
 
 
 def test_lazy_names_are_the_real_objects():

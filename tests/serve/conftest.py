@@ -154,3 +154,6 @@ def postgres_url(postgres):
         c.execute(sa.text(f"CREATE DATABASE {name}"))
     admin.dispose()
     return postgres.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+from tests.serve.browser import browser, served  # noqa: E402,F401  (fixtures: headless Chromium, a live service)

@@ -13,7 +13,8 @@ import tifffile
 from PIL import Image
 
 from fabguard.serve import db
-from fabguard.serve.engine import confidence, embedding
+from fabguard.anomaly.reference import grid_embedding
+from fabguard.serve.engine import confidence
 
 FIELDS = {"wafer_id", "inspection_point", "anomaly_score", "decision", "confidence", "heatmap_url",
           "latent_vector", "model_version", "inference_time_ms", "inspection_id"}
@@ -92,15 +93,19 @@ def test_confidence_is_one_half_on_a_threshold_and_rises_away_from_both():
 def test_embedding_is_the_heatmap_on_an_8_by_16_grid():
     heatmap = np.zeros((64, 64))
     heatmap[:8, 60:] = 1.0  # top-right corner: cell (0, 15)
-    vector = embedding(heatmap)
+    vector = grid_embedding(heatmap[None])[0]
     assert vector.shape == (128,) and vector[15] == 1.0 and vector.sum() == 1.0
+    uneven = np.zeros((61, 64))  # rows split 8, 8, 8, 8, 8, 7, 7, 7 (numpy.array_split)
+    uneven[-7:, :4] = 1.0  # bottom-left cell, 7 rows x 4 columns
+    vector = grid_embedding(uneven[None])[0]
+    assert vector[7 * 16] == 1.0 and vector.sum() == 1.0
 
 
 def test_a_latent_output_is_used_as_the_latent_vector():
     """A VAE artifact's third output ``latent`` (mu) is returned as is."""
     from types import SimpleNamespace
 
-    from fabguard.anomaly.base import Thresholds
+    from fabguard.anomaly.thresholds import Thresholds
     from fabguard.serve.engine import score_batch
     from fabguard.serve.registry import Loaded
 
@@ -111,7 +116,7 @@ def test_a_latent_output_is_used_as_the_latent_vector():
                                                                np.zeros((2, 16, 16), np.float32), mu])
     results = score_batch(Loaded("vae-wafer-v2.3.1", inspector, ("score", "heatmap", "latent")),
                           [np.zeros((3, 20, 20), np.float32)] * 2)
-    assert [r.latent for r in results] == mu.tolist()
+    assert np.array_equal(np.stack([r.latent for r in results]), mu)
     assert [r.decision for r in results] == ["PASS", "REJECT"]
 
 

@@ -1,4 +1,4 @@
-"""The detector interface shared by all models, and the PASS / REVIEW / REJECT thresholds.
+"""The detector interface shared by all models.
 
 A detector is fitted on normal images only. ``fit`` splits them (seeded) into a training part and a
 validation part; the validation part sets the decision thresholds (and stops VAE training early). All
@@ -19,7 +19,7 @@ import os
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -29,76 +29,13 @@ from tqdm.auto import tqdm
 
 from fabguard import registry
 from fabguard.anomaly.images import check_batch, fingerprint, split
+from fabguard.anomaly.reference import EMBEDDING_DIM, REFERENCE_ROWS, DriftReference, grid_embedding
+from fabguard.anomaly.thresholds import DECISIONS, MIN_SIZE, Thresholds  # noqa: F401  (part of this module's API)
 from fabguard.errors import InputError, ModelFileError
 from fabguard.outputs import atomic_path
 from fabguard.params import SEED, Interval, ValidatedParams, check, check_memory
 
-DECISIONS = ("PASS", "REVIEW", "REJECT")
 FORMAT_VERSION = 1
-MIN_SIZE = 16  # below this no detector has anything to model (PatchCore's feature grid is 1/8 of it)
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Score thresholds above which an image goes to REVIEW or is REJECTed.
-
-    Each is a quantile of the scores of held-out *normal* images: quantile q means that at most a
-    fraction 1 - q of normal images is flagged (the target false-alarm rate). The threshold is an
-    observed validation score ("higher" quantile) and flagging needs a score strictly above it, so a
-    validation set without anomalies can never make every image fail.
-    """
-
-    review: float
-    reject: float
-    review_quantile: float
-    reject_quantile: float
-    n_val: int
-
-    @classmethod
-    def calibrate(cls, normal_scores, review_quantile: float = 0.95, reject_quantile: float = 0.995) -> "Thresholds":
-        scores = np.asarray(normal_scores, dtype=np.float64).ravel()
-        if scores.size == 0:
-            raise InputError("cannot calibrate thresholds: no validation scores")
-        if not np.isfinite(scores).all():
-            raise InputError("cannot calibrate thresholds: validation scores contain NaN or infinite values")
-        if not 0.0 < review_quantile <= reject_quantile <= 1.0:
-            raise InputError(
-                f"need 0 < review quantile <= reject quantile <= 1, got {review_quantile} and {reject_quantile}"
-            )
-        return cls(
-            review=float(np.quantile(scores, review_quantile, method="higher")),
-            reject=float(np.quantile(scores, reject_quantile, method="higher")),
-            review_quantile=review_quantile,
-            reject_quantile=reject_quantile,
-            n_val=int(scores.size),
-        )
-
-    @classmethod
-    def from_dict(cls, data, where: str) -> "Thresholds":
-        """Thresholds read from a model file or artifact (``where``), checked: a crafted file is refused."""
-        names = [f.name for f in fields(cls)]
-        if not isinstance(data, dict) or sorted(data) != sorted(names):
-            raise ModelFileError(f"{where}: thresholds must be an object with keys {', '.join(names)}; got {data!r}")
-        for name in names:
-            value, kind = data[name], int if name == "n_val" else float
-            if not Interval(kind, 1 if kind is int else None, None).accepts(value):
-                raise ModelFileError(f"{where}: threshold {name!r} must be a finite number"
-                                     f"{' >= 1' if kind is int else ''}; got {value!r}")
-        if not (0 < data["review_quantile"] <= data["reject_quantile"] <= 1 and data["review"] <= data["reject"]):
-            raise ModelFileError(f"{where}: thresholds out of order (need 0 < review quantile <= reject quantile "
-                                 f"<= 1 and review <= reject): {data}")
-        return cls(**{n: (int if n == "n_val" else float)(data[n]) for n in names})
-
-    def decide(self, scores) -> np.ndarray:
-        """PASS / REVIEW / REJECT per score."""
-        scores = np.asarray(scores, dtype=np.float64)
-        if not np.isfinite(scores).all():
-            raise InputError("cannot decide on NaN or infinite scores")
-        level = (scores > self.review).astype(int) + (scores > self.reject).astype(int)
-        return np.asarray(DECISIONS)[level]
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -186,7 +123,8 @@ class Detector(ValidatedParams, BaseEstimator, ABC):
         train, val = split(len(images), self.val_fraction, self.seed)
         torch.manual_seed(self.seed)
         self.model_ = self._fit(images[train], images[val], progress).eval()
-        self.val_scores_ = self.score(images[val])[0]
+        self.val_scores_, val_heatmaps = self.score(images[val])
+        self.drift_reference_ = self._drift_reference(images[val][:REFERENCE_ROWS], val_heatmaps[:REFERENCE_ROWS])
         self.thresholds_ = Thresholds.calibrate(self.val_scores_, self.review_quantile, self.reject_quantile)
         if self.review_quantile < 1 and self.thresholds_.review >= self.val_scores_.max():
             warnings.warn(f"the REVIEW threshold is the largest of the {len(val)} validation scores: too few "
@@ -196,6 +134,15 @@ class Detector(ValidatedParams, BaseEstimator, ABC):
         self.fingerprint_ = fingerprint(images)
         self.n_train_, self.n_val_ = len(train), len(val)
         return self
+
+    def _drift_reference(self, val_images: np.ndarray, val_heatmaps: np.ndarray) -> DriftReference:
+        """The validation images as the drift monitor's reference, embedded as the service embeds each
+        inspection: the latent when it is 128 wide, else the heatmap grid."""
+        if self.has_latent:
+            latent = self.latent(val_images)
+            if latent.shape[1] == EMBEDDING_DIM:
+                return DriftReference(self.val_scores_, "latent", latent.astype(np.float32))
+        return DriftReference(self.val_scores_, "heatmap_grid", grid_embedding(val_heatmaps).astype(np.float32))
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_")
@@ -244,6 +191,8 @@ class Detector(ValidatedParams, BaseEstimator, ABC):
             "train_fingerprint": self.fingerprint_,
             "n_train": self.n_train_,
             "n_val": self.n_val_,
+            # validation scores and embeddings for drift monitoring (absent from models saved before it)
+            **({"drift_reference": self.drift_reference_.as_dict()} if hasattr(self, "drift_reference_") else {}),
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -297,6 +246,8 @@ class Detector(ValidatedParams, BaseEstimator, ABC):
         detector.fingerprint_ = meta["train_fingerprint"]
         detector.n_train_, detector.n_val_ = meta["n_train"], meta["n_val"]
         detector.val_scores_ = np.asarray(state["val_scores"], dtype=np.float64)
+        if "drift_reference" in meta:
+            detector.drift_reference_ = DriftReference.from_dict(meta["drift_reference"], where)
         return detector
 
     def _extra_state(self) -> dict:

@@ -97,6 +97,10 @@ def register(subparsers) -> None:
     _add_common(p)
     p.set_defaults(func=cmd_synthetic)
 
+    from fabguard.serve import retrain  # the inspection service's retraining pipeline (docs/serve.md)
+
+    retrain.register(subparsers)
+
 
 def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")

@@ -10,18 +10,18 @@ flattened (128 x 7 x 7), linear heads to mu and log-variance of the latent (128)
 128 x 7 x 7, two 4x4 stride-2 transposed convs back to 256 and 232 channels. About 4.7M trained
 parameters (plus the frozen backbone).
 
-Training is the case study's recipe (AdamW, cosine learning rate, KL annealing, clipping, early stopping
-on the validation reconstruction loss with the best checkpoint kept) with a Gaussian decoder: the loss is
-the summed squared error of the features + beta * KL, since features are not in [0, 1]; 60 epochs (20
-were measured to be too few, docs/anomaly.md). Scoring uses
-the posterior mean: the per-position error is the mean squared feature error over channels; the image
-score is its largest (``aggregation="max"``) or mean value; the heatmap is that map upsampled and
-smoothed as PatchCore's. The module's third output is mu, the image's place in the latent space.
+Training is the case study's recipe, the loop the pixel VAE uses too (:mod:`.training`: AdamW, cosine
+learning rate, KL annealing, clipping, early stopping on the validation reconstruction loss with the best
+checkpoint kept) with a Gaussian decoder: the loss is the summed squared error of the features + beta * KL,
+since features are not in [0, 1]; 60 epochs (20 were measured to be too few, docs/anomaly.md). The
+backbone is frozen, so its features are computed once before the first epoch; an epoch is then the VAE
+alone (most of it the last transposed conv, 232 x 28 x 28 outputs). Scoring uses the posterior mean: the
+per-position error is the mean squared feature error over channels; the image score is its largest
+(``aggregation="max"``) or mean value; the heatmap is that map upsampled and smoothed as PatchCore's.
+The module's third output is mu, the image's place in the latent space.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from fabguard.anomaly.backbone import (EfficientNetFeatures, block_shapes, block_stride, check_backbone,
                                        gaussian_kernel, parse_crop, parse_layers, patch_features, patch_heatmap)
 from fabguard.anomaly.base import CLIOption, Detector
-from fabguard.anomaly.vae import EarlyStopping
+from fabguard.anomaly.training import RECIPE_CONSTRAINTS, VAETraining
 from fabguard.errors import InputError, InvalidParameterError
 from fabguard.params import NONE, Instance, Interval, Options
 
@@ -49,7 +49,7 @@ class FeatureVAE(nn.Module):
     def __init__(self, features: EfficientNetFeatures, input_size: int, crop_size: int, pool: int, grid: int,
                  latent_dim: int, sigma: float, aggregation: str):
         super().__init__()
-        self.features = features
+        self.features = features.eval().requires_grad_(False)  # frozen: see ``train``
         self.input_size, self.crop_size, self.pool, self.aggregation = input_size, crop_size, pool, aggregation
         dim = features.channels
         self.side = grid // 2 ** len(CHANNELS)
@@ -67,6 +67,12 @@ class FeatureVAE(nn.Module):
         self.decoder = nn.Sequential(
             _block(nn.ConvTranspose2d(CHANNELS[1], CHANNELS[0], 4, stride=2, padding=1, bias=False), CHANNELS[0]),
             nn.ConvTranspose2d(CHANNELS[0], dim, 4, stride=2, padding=1))
+
+    def train(self, mode: bool = True):
+        """The backbone stays in eval mode (its BatchNorm keeps the ImageNet statistics): it is frozen."""
+        super().train(mode)
+        self.features.eval()
+        return self
 
     def embed(self, images):
         """RGB batch -> standardised patch features (N, D, h, w)."""
@@ -101,7 +107,7 @@ def feature_vae_loss(net: FeatureVAE, f, beta: float, sample: bool = True):
     return recon, kl, recon + beta * kl
 
 
-class FeatureVAEDetector(Detector):
+class FeatureVAEDetector(VAETraining, Detector):
     """Convolutional VAE on efficientnet-lite0 feature maps, trained with the case study's recipe."""
 
     kind = "feature-vae"
@@ -114,15 +120,7 @@ class FeatureVAEDetector(Detector):
         "crop_size": [NONE, Interval(int, 1, None)],
         "pool": [Interval(int, 1, None)],
         "latent_dim": [Interval(int, 1, None)],
-        "beta": [Interval(float, 0, None)],
-        "epochs": [Interval(int, 1, None)],
-        "batch_size": [Interval(int, 2, None)],  # BatchNorm needs two images
-        "lr": [Interval(float, 0, None, "neither")],
-        "lr_min": [Interval(float, 0, None)],
-        "weight_decay": [Interval(float, 0, None)],
-        "kl_anneal_epochs": [Interval(int, 0, None)],
-        "grad_clip": [Interval(float, 0, None, "neither")],
-        "patience": [Interval(int, 1, None)],
+        **RECIPE_CONSTRAINTS,
         "sigma": [Interval(float, 0, None)],
         "aggregation": [Options(AGGREGATIONS)],
     }
@@ -186,9 +184,6 @@ class FeatureVAEDetector(Detector):
         dim = sum(block_shapes()[i][0] for i in self.layers)
         return 4.0 * self._grid() ** 2 * (2 * dim * n_images + 8 * CHANNELS[0] * self.batch_size)
 
-    def describe_training(self):
-        return f"best epoch {self.best_epoch_} of {len(self.history_)}"
-
     def _module(self, pretrained: bool) -> FeatureVAE:
         features = EfficientNetFeatures(tuple(self.layers), pretrained)
         return FeatureVAE(features, self.input_size, self.crop_size or self.input_size, self.pool, self._grid(),
@@ -196,12 +191,6 @@ class FeatureVAEDetector(Detector):
 
     def _new_module(self, state):
         return self._module(pretrained=False)
-
-    def beta_at(self, epoch: int) -> float:
-        """KL weight of an epoch (0-based): linear from 0 to ``beta`` over ``kl_anneal_epochs``."""
-        if self.kl_anneal_epochs <= 0:
-            return self.beta
-        return self.beta * min(1.0, epoch / self.kl_anneal_epochs)
 
     def _features(self, net: FeatureVAE, images: np.ndarray, progress: bool):
         """Raw patch features (N, D, h, w) of ``images`` (the backbone is frozen: computed once)."""
@@ -213,52 +202,17 @@ class FeatureVAEDetector(Detector):
 
     def _fit(self, train, val, progress):
         net = self._module(pretrained=True)
-        net.features.eval().requires_grad_(False)
         train_f, val_f = self._features(net, train, progress), self._features(net, val, progress)
         net.mean = train_f.double().mean((0, 2, 3)).float()
         net.std = train_f.double().std((0, 2, 3)).float().clamp_min(1e-6)
         train_f, val_f = ((f - net.mean.view(1, -1, 1, 1)) / net.std.view(1, -1, 1, 1) for f in (train_f, val_f))
         params = [p for name, p in net.named_parameters() if not name.startswith("features.")]
-        generator = torch.Generator().manual_seed(self.seed)
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs, eta_min=self.lr_min)
-        self.history_, stopper = [], EarlyStopping(self.patience)
-        bar = tqdm(range(self.epochs), desc="training feature VAE", unit="epoch", disable=not progress)
-        for epoch in bar:
-            beta, lr = self.beta_at(epoch), optimizer.param_groups[0]["lr"]
-            net.train()
-            net.features.eval()  # frozen: its BatchNorm keeps ImageNet statistics
-            sums, seen = np.zeros(3), 0
-            order = torch.randperm(len(train_f), generator=generator)
-            for start in range(0, len(order), self.batch_size):
-                index = order[start:start + self.batch_size]
-                if len(index) < 2:  # BatchNorm needs two images
-                    continue
-                losses = feature_vae_loss(net, train_f[index], beta)
-                optimizer.zero_grad()
-                losses[2].backward()
-                nn.utils.clip_grad_norm_(params, self.grad_clip)
-                optimizer.step()
-                sums += [v.item() * len(index) for v in losses]
-                seen += len(index)
-            schedule.step()
-            net.eval()
-            with torch.no_grad():
-                val_recon = float(feature_vae_loss(net, val_f, beta, sample=False)[0])
-            recon, kl, total = (float(v) for v in sums / max(seen, 1))
-            self.history_.append({"epoch": epoch + 1, "beta": beta, "lr": lr, "train_recon": recon,
-                                  "train_kl": kl, "train_total": total, "val_recon": val_recon})
-            bar.set_postfix(recon=f"{recon:.0f}", kl=f"{kl:.1f}", val=f"{val_recon:.0f}")
-            if not math.isfinite(total):
-                raise InputError(f"feature VAE training diverged at epoch {epoch + 1} (loss {total}); "
-                                 "lower the learning rate")
-            if stopper.step(epoch + 1, val_recon, net):
-                break
-        if stopper.best_state is None:
-            raise InputError(f"feature VAE validation loss was never finite ({val_recon}); lower the learning rate")
-        net.load_state_dict(stopper.best_state)
-        self.best_epoch_ = stopper.best_epoch
-        return net
+
+        def batch_loss(index, beta, _generator):
+            return feature_vae_loss(net, train_f[index], beta)
+
+        return self._train(net, params, len(train_f), batch_loss,
+                           lambda: feature_vae_loss(net, val_f, 0.0, sample=False)[0], progress, "feature VAE")
 
     def reference(self, images, normals):
         """The normal image (among ``normals``) whose latent mean is nearest: feature reconstructions have
@@ -268,9 +222,3 @@ class FeatureVAEDetector(Detector):
             raise InputError("the feature VAE's reference image needs the normal (training) images")
         a, b = self.latent(images), self.latent(normals)
         return normals[((a[:, None, :] - b[None, :, :]) ** 2).sum(-1).argmin(1)]
-
-    def _extra_state(self):
-        return {"history": self.history_, "best_epoch": self.best_epoch_}
-
-    def _load_extra_state(self, extra):
-        self.history_, self.best_epoch_ = extra["history"], extra["best_epoch"]

@@ -18,8 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
-from fabguard.anomaly.base import MIN_SIZE, Thresholds
+from fabguard.anomaly.thresholds import MIN_SIZE, Thresholds
 from fabguard.anomaly.images import check_batch, load_images, prepare
+from fabguard.anomaly.reference import DriftReference
 from fabguard.errors import InputError, ModelFileError
 from fabguard.params import POSITIVE_INT, check, check_memory
 from fabguard.runtime.session import Runtime
@@ -70,6 +71,8 @@ class Inspector(Runtime):
                                  f"takes {INPUT} [N, 3, {size}, {size}] and gives {list(OUTPUTS)}, optionally "
                                  f"followed by {LATENT!r}")
         self.has_latent = outputs[-1] == LATENT
+        reference = self.metadata.get("drift_reference")
+        self.drift_reference = None if reference is None else DriftReference.from_dict(reference, str(self.path))
 
     @classmethod
     def check_metadata(cls, path: Path, metadata: dict) -> dict:
@@ -77,6 +80,8 @@ class Inspector(Runtime):
         if not MIN_SIZE <= size <= MAX_SIZE:
             raise ModelFileError(f"{path}: metadata input_size must be in [{MIN_SIZE}, {MAX_SIZE}], got {size}")
         metadata["thresholds"] = Thresholds.from_dict(metadata["thresholds"], str(path)).as_dict()
+        if "drift_reference" in metadata:  # optional: artifacts exported before it lack it
+            DriftReference.from_dict(metadata["drift_reference"], str(path))
         return metadata
 
     @classmethod

@@ -14,18 +14,15 @@ the posterior mean itself is the module's third output (the latent vector).
 
 from __future__ import annotations
 
-import copy
-import math
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from fabguard.anomaly.augment import PRESETS, Augmentation
 from fabguard.anomaly.base import CLIOption, Detector, to_gray
-from fabguard.errors import InputError, InvalidParameterError
+from fabguard.anomaly.training import EarlyStopping, RECIPE_CONSTRAINTS, VAETraining  # noqa: F401
+# (EarlyStopping: tests/anomaly/test_anomaly_detectors.py imports it from here)
+from fabguard.errors import InvalidParameterError
 from fabguard.params import Interval, Options
 
 CHANNELS = (32, 64, 128, 256)
@@ -90,22 +87,7 @@ def vae_loss(net: ConvVAE, gray, beta: float, sample: bool = True):
     return recon, kl, recon + beta * kl
 
 
-class EarlyStopping:
-    """Keeps a copy of the best state; ``step`` says stop after ``patience`` epochs without improvement."""
-
-    def __init__(self, patience: int):
-        self.patience, self.best, self.best_epoch, self.best_state, self.waited = patience, math.inf, 0, None, 0
-
-    def step(self, epoch: int, value: float, module: nn.Module) -> bool:
-        if value < self.best:
-            self.best, self.best_epoch, self.waited = value, epoch, 0
-            self.best_state = copy.deepcopy(module.state_dict())
-            return False
-        self.waited += 1
-        return self.waited >= self.patience
-
-
-class VAEDetector(Detector):
+class VAEDetector(VAETraining, Detector):
     """Convolutional VAE trained as in the case study 3.5 (AdamW, cosine LR, KL annealing, clipping,
     early stopping on validation reconstruction loss, best checkpoint kept)."""
 
@@ -116,15 +98,7 @@ class VAEDetector(Detector):
         **Detector._parameter_constraints,
         "latent_dim": [Interval(int, 1, None)],
         "bottleneck_channels": [Interval(int, 1, None)],
-        "beta": [Interval(float, 0, None)],
-        "epochs": [Interval(int, 1, None)],
-        "batch_size": [Interval(int, 2, None)],  # BatchNorm needs two images
-        "lr": [Interval(float, 0, None, "neither")],
-        "lr_min": [Interval(float, 0, None)],
-        "weight_decay": [Interval(float, 0, None)],
-        "kl_anneal_epochs": [Interval(int, 0, None)],
-        "grad_clip": [Interval(float, 0, None, "neither")],
-        "patience": [Interval(int, 1, None)],
+        **RECIPE_CONSTRAINTS,
         "augment": [Options(tuple(PRESETS))],
     }
     cli_options = {
@@ -171,61 +145,18 @@ class VAEDetector(Detector):
         """Activations kept for the backward pass (about 64 floats per pixel and image of a batch)."""
         return 4.0 * self.input_size ** 2 * (64 * self.batch_size + n_images)
 
-    def describe_training(self):
-        return f"best epoch {self.best_epoch_} of {len(self.history_)}"
-
     def _new_module(self, state=None):
         return ConvVAE(self.input_size, self.latent_dim, self.bottleneck_channels)
 
-    def beta_at(self, epoch: int) -> float:
-        """KL weight of an epoch (0-based): linear from 0 to ``beta`` over ``kl_anneal_epochs``."""
-        if self.kl_anneal_epochs <= 0:
-            return self.beta
-        return self.beta * min(1.0, epoch / self.kl_anneal_epochs)
-
     def _fit(self, train, val, progress):
-        augment = Augmentation.preset(self.augment)
-        net = self._new_module()
-        generator = torch.Generator().manual_seed(self.seed)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs, eta_min=self.lr_min)
+        augment, net = Augmentation.preset(self.augment), self._new_module()
         train_t, val_gray = torch.from_numpy(train), to_gray(torch.from_numpy(val)).unsqueeze(1)
-        self.history_, stopper = [], EarlyStopping(self.patience)
-        bar = tqdm(range(self.epochs), desc="training VAE", unit="epoch", disable=not progress)
-        for epoch in bar:
-            beta, lr = self.beta_at(epoch), optimizer.param_groups[0]["lr"]
-            net.train()
-            sums, seen = np.zeros(3), 0
-            order = torch.randperm(len(train_t), generator=generator)
-            for start in range(0, len(order), self.batch_size):
-                index = order[start:start + self.batch_size]
-                if len(index) < 2:  # BatchNorm needs two images
-                    continue
-                gray = to_gray(augment(train_t[index], generator)).unsqueeze(1)
-                losses = vae_loss(net, gray, beta)
-                optimizer.zero_grad()
-                losses[2].backward()
-                nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
-                optimizer.step()
-                sums += [v.item() * len(index) for v in losses]
-                seen += len(index)
-            schedule.step()
-            net.eval()
-            with torch.no_grad():
-                val_recon = float(vae_loss(net, val_gray, beta, sample=False)[0])
-            recon, kl, total = (float(v) for v in sums / max(seen, 1))
-            self.history_.append({"epoch": epoch + 1, "beta": beta, "lr": lr, "train_recon": recon,
-                                  "train_kl": kl, "train_total": total, "val_recon": val_recon})
-            bar.set_postfix(recon=f"{recon:.1f}", kl=f"{kl:.1f}", val=f"{val_recon:.1f}")
-            if not math.isfinite(total):
-                raise InputError(f"VAE training diverged at epoch {epoch + 1} (loss {total}); lower the learning rate")
-            if stopper.step(epoch + 1, val_recon, net):
-                break
-        if stopper.best_state is None:
-            raise InputError(f"VAE validation loss was never finite ({val_recon}); lower the learning rate")
-        net.load_state_dict(stopper.best_state)
-        self.best_epoch_ = stopper.best_epoch
-        return net
+
+        def batch_loss(index, beta, generator):
+            return vae_loss(net, to_gray(augment(train_t[index], generator)).unsqueeze(1), beta)
+
+        return self._train(net, list(net.parameters()), len(train_t), batch_loss,
+                           lambda: vae_loss(net, val_gray, 0.0, sample=False)[0], progress, "VAE")
 
     def reference(self, images, normals=None):
         """The reconstruction from the posterior mean, grey replicated to RGB."""
@@ -233,12 +164,6 @@ class VAEDetector(Detector):
         with torch.inference_mode():
             _, recon = self.model_.reconstruct(torch.from_numpy(images))
         return recon.unsqueeze(1).expand(-1, 3, -1, -1).numpy()
-
-    def _extra_state(self):
-        return {"history": self.history_, "best_epoch": self.best_epoch_}
-
-    def _load_extra_state(self, extra):
-        self.history_, self.best_epoch_ = extra["history"], extra["best_epoch"]
 
 
 def parameter_count(module: nn.Module) -> int:

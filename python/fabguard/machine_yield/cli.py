@@ -42,14 +42,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     detect.add_argument("--method", choices=("em", "glm", "commonality"), default="em",
                         help="em: the paper's method (default); glm: binomial GLM baseline; "
                              "commonality: Fisher/BH baseline")
-    detect.add_argument("--interval", choices=("bootstrap", "paper"), default="bootstrap",
-                        help="bootstrap: resamples of the batches, each EM warm-started (default); paper: CI of "
-                             "the mean of estimates on 80%% subsets (a ranking aid, not the yield's uncertainty)")
+    detect.add_argument("--interval", choices=("information", "bootstrap", "paper"), default="information",
+                        help="information: SEs from the Fisher information (outer product of the per-batch scores, "
+                             "no refit) (default); bootstrap: resamples of the batches, each EM warm-started; paper: "
+                             "CI of the mean of estimates on 80%% subsets (a ranking aid, not the yield's uncertainty)")
     detect.add_argument("--rule", choices=("fdr", "paper"), default="fdr",
                         help="fdr: below median - margin, Benjamini-Hochberg at --alpha (default); paper: below "
                              "the mean yield with p < --alpha, at most --max-candidates")
     detect.add_argument("--resamples", type=typed(int, RESAMPLES), default=30,
-                        help="bootstrap resamples (or the paper's subsets), at least 2 (default 30)")
+                        help="--interval bootstrap: resamples; paper: subsets; at least 2 (default 30)")
     detect.add_argument("--fraction", type=typed(float, YIELD), default=0.8,
                         help="--interval paper: share of batches per subset, in (0, 1] (default 0.8)")
     detect.add_argument("--alpha", type=typed(float, PROBABILITY_OPEN), default=0.05,
@@ -138,8 +139,6 @@ def run_detect(args) -> int:
         print(f"no DATA given: using the bundled demo {source}")
     data = load_production(source, format=args.format, in_progress=args.in_progress)
     if args.method == "em":
-        from tqdm.auto import tqdm
-
         from fabguard.machine_yield.detector import LowYieldDetector
 
         detector = LowYieldDetector(
@@ -148,8 +147,13 @@ def run_detect(args) -> int:
             max_candidates=args.max_candidates, confidence=args.confidence, n_bootstrap=args.bootstrap, tol=args.tol,
             resample_tol=args.resample_tol, max_iter=args.max_iter, accelerate=args.accelerate, threads=args.threads,
             engine=args.engine, seed=args.seed)
-        with tqdm(total=args.resamples + 1, desc="EM fits", unit="fit", disable=args.quiet) as bar:
-            detector.fit(data, progress=lambda done, total: bar.update(done - bar.n))
+        if args.quiet or args.interval == "information":  # one fit: no bar (and no tqdm import)
+            detector.fit(data)
+        else:
+            from tqdm.auto import tqdm
+
+            with tqdm(total=args.resamples + 1, desc="EM fits", unit="fit") as bar:
+                detector.fit(data, progress=lambda done, total: bar.update(done - bar.n))
     elif args.method == "glm":
         from fabguard.machine_yield.baselines import GLMYieldEstimator
 

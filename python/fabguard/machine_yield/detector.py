@@ -1,7 +1,13 @@
 """Low-yield machine detection: EM, an interval per machine, and a decision across machines.
 
 Intervals (``interval``):
-- ``"bootstrap"`` (default): the EM fitted to convergence on all batches, then on ``resamples``
+- ``"information"`` (default): the EM fitted to convergence on all batches; the standard errors from
+  the Fisher information estimated by the outer product of the per-batch scores (one pass over the
+  data, no refit: see :func:`~fabguard.machine_yield.em.information_se`); the interval is the
+  estimate +- z x SE (normal quantile) clipped to [0, 1]. That sum of one rank-1 term per batch is
+  singular with no more batches than parameters (yields and informed miss rates): such data get the
+  bootstrap interval, and the report's summary says so (``interval``, ``interval_note``).
+- ``"bootstrap"``: the EM fitted to convergence on all batches, then on ``resamples``
   bootstrap resamples of the batches (full size, with replacement), each warm-started from the
   full-data estimate. The standard error is the resamples' standard deviation; the interval is the
   estimate +- t quantile x SE (Student t with resamples - 1 degrees of freedom, since the SE is itself
@@ -33,7 +39,7 @@ import pandas as pd
 from fabguard.machine_yield._forms import (MAX_ITER, MAX_THREADS, N_BOOTSTRAP, PROBABILITY_OPEN, RESAMPLES, SEED64,
                                            THREADS, YIELD)
 from fabguard.machine_yield.data import NO_MACHINE, load_production
-from fabguard.machine_yield.em import START_MAX, START_MIN, fit_subsets, starting_values
+from fabguard.machine_yield.em import START_MAX, START_MIN, fit_subsets, information_se, starting_values
 from fabguard.machine_yield.report import YieldReport, flag
 from fabguard.params import NONE, POSITIVE_INT, Estimator, Instance, Interval, Options, check_memory
 
@@ -48,8 +54,8 @@ _MAD_SCALE = 1.4826  # MAD x this = standard deviation for normal data
 class LowYieldDetector(Estimator):
     """Find machines whose yield is confidently low, from routes and detected defect counts.
 
-    ``interval`` ("bootstrap" or "paper") and ``rule`` ("fdr" or "paper") are described in the
-    module docstring. ``resamples`` (30): bootstrap resamples, or the paper's subsets of a
+    ``interval`` ("information", "bootstrap" or "paper") and ``rule`` ("fdr" or "paper") are described
+    in the module docstring. ``resamples`` (30): bootstrap resamples, or the paper's subsets of a
     ``fraction`` (0.8) of the batches. ``alpha`` (0.05): the false discovery rate (fdr rule) or the
     per-machine test level (paper rule). ``threshold``: a fixed yield threshold instead of the
     rule's; ``margin``: the fdr rule's margin below the baseline, in yield units (default derived
@@ -73,7 +79,7 @@ class LowYieldDetector(Estimator):
     """
 
     _parameter_constraints = {
-        "interval": [Options(("bootstrap", "paper"))],
+        "interval": [Options(("information", "bootstrap", "paper"))],
         "rule": [Options(("fdr", "paper"))],
         "resamples": [RESAMPLES],
         "fraction": [YIELD],
@@ -95,7 +101,7 @@ class LowYieldDetector(Estimator):
 
     def __init__(
         self,
-        interval: str = "bootstrap",
+        interval: str = "information",
         rule: str = "fdr",
         resamples: int = 30,
         fraction: float = 0.8,
@@ -137,18 +143,19 @@ class LowYieldDetector(Estimator):
         """Estimate every machine's yield, its interval, and flag the low ones.
 
         ``data``: anything :func:`load_production` reads. ``progress(done, total)`` is called as
-        EM fits finish (total = resamples + 1).
+        EM fits finish (total = resamples + 1; 1 with the information interval, unless it falls back to the
+        bootstrap).
         """
         self._validate_params()
         started = time.perf_counter()
         data = load_production(data)
         check_memory(self._fit_bytes(data), f"LowYieldDetector.fit on {data.source}",
-                     "lower resamples or n_bootstrap")
+                     "use interval='bootstrap'" if self.interval == "information" else "lower resamples or n_bootstrap")
         from fabguard import _core
 
         threads = self.threads or min(os.cpu_count() or 1, MAX_THREADS)
-        total = self.resamples + 1
-        start = starting_values(data)
+        total = 1 if self.interval == "information" else self.resamples + 1
+        start = starting_values(data, "lsq" if self.interval == "paper" else "per_step")
         if self.interval == "paper":
             subsets = [np.arange(data.n_batches), *_core.draw_resamples(data.n_batches, self.fraction,
                                                                         self.resamples, self.seed)]
@@ -159,17 +166,33 @@ class LowYieldDetector(Estimator):
             n_iter = fits.n_iter
         else:
             full = fit_subsets(data, [np.arange(data.n_batches)], tol=self.tol, max_iter=self.max_iter,
-                               accelerate=self.accelerate, threads=1, engine=self.engine, start=start)
+                               accelerate=self.accelerate, threads=threads, engine=self.engine, start=start)
             if progress is not None:
                 progress(1, total)
+        interval, note = self.interval, None
+        if interval == "information":
+            free = np.r_[np.isfinite(full.yield_[0]), np.isfinite(full.miss_rate[0])]
+            if data.n_batches <= free.sum():  # a sum of fewer rank-1 terms than parameters is singular
+                interval = "bootstrap"
+                note = (f"{data.n_batches} batches for {int(free.sum())} parameters: too few to estimate the "
+                        "information from the batches' scores; bootstrap interval used")
+        if interval == "bootstrap":
             warm = (np.clip(np.nan_to_num(full.yield_[0], nan=START_MAX), START_MIN, START_MAX),
                     np.nan_to_num(full.miss_rate[0], nan=1.0))
             boot = fit_subsets(data, list(_core.draw_bootstrap(data.n_batches, self.resamples, self.seed)),
                                tol=self.resample_tol, max_iter=self.max_iter, accelerate=self.accelerate,
                                threads=threads, engine=self.engine, start=warm,
-                               progress=None if progress is None else (lambda done: progress(done + 1, total)))
+                               progress=None if progress is None else
+                               (lambda done: progress(done + 1, self.resamples + 1)))
             resampled = boot.yield_
             n_iter = np.r_[full.n_iter, boot.n_iter]
+        if interval == "information":
+            resampled = np.empty((0, data.n_machines))
+            n_iter = full.n_iter
+            # a miss rate the data never informed kept its start value: the E-step used that value
+            a = np.where(np.isfinite(full.miss_rate[0]), full.miss_rate[0], start[1])
+            info_se = information_se(data, np.nan_to_num(full.yield_[0], nan=1.0), a, free,
+                                     engine=self.engine, threads=threads)[0][: data.n_machines]
 
         table = data.machine_usage()
         full_yield = full.yield_[0]
@@ -186,9 +209,12 @@ class LowYieldDetector(Estimator):
             estimate, low, high, p = bootstrap_below(resampled, threshold, self.confidence, self.n_bootstrap,
                                                      self.seed)
             se = np.full(len(estimate), np.nan)
-        else:
+        elif interval == "bootstrap":
             estimate = full_yield
             se, low, high, p = t_interval(estimate, resampled, threshold, self.confidence)
+        else:
+            estimate, se = full_yield, info_se
+            low, high, p = z_interval(estimate, se, threshold, self.confidence)
         tested &= np.isfinite(p)
 
         table["yield"] = estimate
@@ -227,7 +253,8 @@ class LowYieldDetector(Estimator):
                 "batches": data.n_batches,
                 "machines": data.n_machines,
                 "rows": data.n_rows,
-                "interval": self.interval,
+                "interval": interval,
+                "interval_note": note,
                 "rule": self.rule,
                 "baseline": _finite_or_none(baseline),
                 "margin": _finite_or_none(margin),
@@ -235,9 +262,9 @@ class LowYieldDetector(Estimator):
                 "em_iterations_full": int(n_iter[0]),
                 "em_converged_full": bool(full.converged[0]),
                 "em_loglik_full": float(full.loglik[0]),
-                "em_iterations_resamples_median": float(np.median(n_iter[1:])),
-                "em_converged_resamples": int(np.sum(fits.converged[1:] if self.interval == "paper"
-                                                     else boot.converged)),
+                "em_iterations_resamples_median": float(np.median(n_iter[1:])) if len(n_iter) > 1 else None,
+                "em_converged_resamples": (int(np.sum(fits.converged[1:])) if interval == "paper" else
+                                           int(np.sum(boot.converged)) if interval == "bootstrap" else None),
                 "runtime_s": round(time.perf_counter() - started, 3),
             },
             display_limit=self.max_candidates if self.rule == "fdr" else None,
@@ -246,12 +273,16 @@ class LowYieldDetector(Estimator):
         return self
 
     def _fit_bytes(self, data) -> float:
-        """Peak memory of a fit, estimated from its largest arrays: the resampled batch indices (drawn,
-        then concatenated), the (resamples, machines) results and their copies, the NumPy engine's
+        """Peak memory of a fit, estimated from its largest arrays: the information interval's
+        (2 machines)^2 matrices (and the NumPy engine's batches x 2 machines scores), or the resampled
+        batch indices (drawn, then concatenated), the (resamples, machines) results and their copies, the NumPy engine's
         padded (batches, steps) arrays, and (paper mode) scipy's bootstrap of one chunk of machines."""
         r, m = self.resamples, data.n_machines
-        k = data.n_batches if self.interval == "bootstrap" else max(1.0, round(self.fraction * data.n_batches))
-        total = 2 * 8 * r * k + 6 * 8 * (r + 1) * m
+        k = data.n_batches if self.interval != "paper" else max(1.0, round(self.fraction * data.n_batches))
+        total = 2 * 8 * r * k + 6 * 8 * (r + 1) * m  # the bootstrap's (information falls back to it on few batches)
+        if self.interval == "information":  # the scores' outer product, scaled, factored and inverted
+            info = 6 * 8 * m + 4 * 8 * (2 * m) ** 2 + (2 * 8 * k * 2 * m if self.engine == "numpy" else 0)
+            total = max(info, total) if k <= 2 * m else info
         if self.engine == "numpy":
             total += 20 * 8 * k * float(np.max(np.diff(data.batch_ptr)))
         if self.interval == "paper":
@@ -275,6 +306,23 @@ def default_margin(yields: np.ndarray) -> float:
         return float("nan")
     median = float(np.median(y))
     return max(3.0 * _MAD_SCALE * float(np.median(np.abs(y - median))), 1.0 - median)
+
+
+def z_interval(estimate: np.ndarray, se: np.ndarray, threshold: float, confidence: float):
+    """(low, high, p) per machine: estimate +- z x SE clipped to [0, 1] (z the normal quantile) and the
+    one-sided p-value of "yield < threshold", Phi((estimate - threshold) / SE). An infinite SE (not
+    identified) gives [0, 1] and p = 0.5; NaN where the estimate or SE is NaN."""
+    from statistics import NormalDist
+
+    normal = NormalDist()
+    half = normal.inv_cdf(0.5 + confidence / 2) * se
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (estimate - threshold) / se
+        z = np.where(se > 0, z, np.where(estimate < threshold, -np.inf, np.inf))
+    p = np.array([normal.cdf(v) if np.isfinite(v) else float(v > 0) if np.isinf(v) else np.nan for v in z])
+    p = np.where(np.isfinite(estimate) & ~np.isnan(se), p, np.nan)
+    with np.errstate(invalid="ignore"):
+        return np.clip(estimate - half, 0.0, 1.0), np.clip(estimate + half, 0.0, 1.0), p
 
 
 def t_interval(estimate: np.ndarray, resampled: np.ndarray, threshold: float, confidence: float):

@@ -21,6 +21,7 @@ from fabguard.machine_yield.em import EmFits
 
 _FLOOR = 1e-99
 _LO, _HI = 1e-12, 1.0 - 1e-12  # projection of SQUAREM's extrapolated point (see cpp/em.cpp)
+_APPROACH = 100.0  # how much closer to 0 or 1 than the cycle's points it may come (cpp/em.cpp: kApproach)
 _STEP_FACTOR = 4.0
 
 
@@ -88,7 +89,10 @@ def _drive(model: "_Model", tol, max_iter, accelerate, stop):
         accepted = th2
         if step > 1.0 and it < max_iter:
             moving = (r != 0.0) | (w != 0.0)
-            thx = np.where(moving, np.clip(th0 + 2.0 * step * r + step * step * w, _LO, _HI), th0)
+            floor0 = np.minimum(th0, th2) / _APPROACH
+            floor1 = np.minimum(1.0 - th0, 1.0 - th2) / _APPROACH
+            x = np.minimum(1.0 - floor1, np.maximum(floor0, th0 + 2.0 * step * r + step * step * w))
+            thx = np.where(moving, np.clip(x, _LO, _HI), th0)
             l_x, fx = model.update(thx)
             it += 1
             if l_x >= loglik:
@@ -125,6 +129,7 @@ class _Model:
         self.mach = mach = data.machine[rows]
         det = np.where(valid, data.defects[rows], 0).astype(np.float64)
         self.insp = insp = valid & (data.inspects[rows] == 1)
+        self.det = det
         self.final_good = final_good = data.final_good[batches].astype(np.float64)
 
         def per_machine(where, weights):
@@ -143,7 +148,10 @@ class _Model:
         self.start = np.r_[np.asarray(p0, np.float64), np.where(self.inspecting, a0, 1.0)]
         self.d = self.missed = None
 
-    def update(self, theta):
+    def step_terms(self, theta):
+        """(loglik, E, H, S) at theta: per (batch, step), expected defects made there, pieces good after
+        it (with escapes, plus the final pieces that are truly good), and, at inspecting steps,
+        defects that slipped past it; zero outside the batch's steps."""
         m, mach, valid, insp = self.m, self.mach, self.valid, self.insp
         p, a = theta[:m], theta[m:]
         step_p = np.where(valid, p[mach], 1.0)
@@ -157,16 +165,15 @@ class _Model:
         total = weight.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
             e = np.where(total > 0, self.ev_count[:, None] * weight / total, 0.0)  # e_ijk
-            present, detected = self.present, self.detected
+            detected = self.detected
             loglik = self.ev_count @ np.log(total[:, 0]) + detected[detected > 0] @ np.log(1.0 - a[detected > 0])
 
-        ev_mach = self.ev_mach
-        d = np.bincount(ev_mach.ravel(), weights=e.ravel(), minlength=m)
-        later = np.cumsum(e[:, ::-1], axis=1)[:, ::-1] - e  # h_ijk: good after k, bad later
-        g = np.bincount(ev_mach.ravel(), weights=later.ravel(), minlength=m)
-        slipped = np.cumsum(e, axis=1)  # defects made at or before s, detected at j > s
-        past = insp[self.ev_batch] & self.upstream
-        missed = np.bincount(ev_mach[past], weights=slipped[past], minlength=m)
+        shape = (self.n_batches, e.shape[1])
+        made, good_after, slipped_past = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+        np.add.at(made, self.ev_batch, e)
+        np.add.at(good_after, self.ev_batch, np.cumsum(e[:, ::-1], axis=1)[:, ::-1] - e)  # good after k, bad later
+        # defects made at or before s, detected at j > s: they slipped past s
+        np.add.at(slipped_past, self.ev_batch, np.where(insp[self.ev_batch] & self.upstream, np.cumsum(e, axis=1), 0.0))
         if self.escapes:  # the final good pieces: truly good (prod P) or escaped every inspection
             escape_weight = first_defect * np.cumprod(step_a[:, ::-1], axis=1)[:, ::-1]  # prod_{s>=k} a_s
             good_prob = survive[:, -1] * step_p[:, -1]  # prod P
@@ -176,14 +183,22 @@ class _Model:
                 loglik += fg[fg > 0] @ np.log(unflagged[fg > 0])
                 scale = np.where(fg > 0, fg / unflagged, 0.0)
             esc = scale[:, None] * escape_weight
-            d += np.bincount(mach[valid], weights=esc[valid], minlength=m)
-            good_rows = np.broadcast_to((scale * good_prob)[:, None], valid.shape)
-            esc_later = np.cumsum(esc[:, ::-1], axis=1)[:, ::-1] - esc
-            g += np.bincount(mach[valid], weights=(esc_later + good_rows)[valid], minlength=m)
-            missed += np.bincount(mach[insp], weights=np.cumsum(esc, axis=1)[insp], minlength=m)
+            made += esc
+            good_after += np.cumsum(esc[:, ::-1], axis=1)[:, ::-1] - esc + (scale * good_prob)[:, None]
+            slipped_past += np.where(insp, np.cumsum(esc, axis=1), 0.0)
         else:
-            loglik += self.good_final[present] @ np.log(p[present])
-            g += self.good_final
+            loglik += self.good_final[self.present] @ np.log(p[self.present])
+            good_after += self.final_good[:, None]
+        return loglik, made * valid, good_after * valid, slipped_past
+
+    def update(self, theta):
+        m, mach, valid, insp, present = self.m, self.mach, self.valid, self.insp, self.present
+        p, a = theta[:m], theta[m:]
+        loglik, made, good_after, slipped_past = self.step_terms(theta)
+        d = np.bincount(mach[valid], weights=made[valid], minlength=m)
+        g = np.bincount(mach[valid], weights=good_after[valid], minlength=m)
+        missed = np.bincount(mach[insp], weights=slipped_past[insp], minlength=m)
+        detected = self.detected
 
         with np.errstate(invalid="ignore", divide="ignore"):
             p_new = np.where(present & (g + d > 0), g / (g + d), p)
@@ -200,3 +215,22 @@ class _Model:
         informed = self.inspecting & (self.missed + self.detected > 0)
         return (np.where(present, theta[:m], np.nan), np.where(present & informed, theta[m:], np.nan),
                 np.where(present, self.d, np.nan))
+
+
+def score_outer_product_numpy(data: ProductionData, p: np.ndarray, a: np.ndarray, free_index: np.ndarray):
+    """The NumPy reference of ``_core.score_outer_product`` (escapes model, all batches): per-batch
+    scores d/dp_m = H / p_m - E / (1 - p_m), d/da_m = S / a_m - b / (1 - a_m), summed per (batch,
+    parameter) into a dense (batches x 2 machines) matrix. Returns (grad, opg, loglik)."""
+    batches = np.arange(data.n_batches)
+    model = _Model(data, batches, p, a, escapes=True)
+    m, mach, valid, insp = model.m, model.mach, model.valid, model.insp
+    theta = np.r_[p, a]
+    loglik, made, good_after, slipped_past = model.step_terms(theta)
+    rows = np.broadcast_to(batches[:, None], valid.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):  # padding and steps that do not inspect are masked below
+        score_p = good_after / p[mach] - made / (1.0 - p[mach])
+        score_a = slipped_past / a[mach] - np.where(model.det > 0, model.det / (1.0 - a[mach]), 0.0)
+    per_batch = np.bincount((rows * 2 * m + mach)[valid], weights=score_p[valid], minlength=data.n_batches * 2 * m)
+    per_batch += np.bincount((rows * 2 * m + m + mach)[insp], weights=score_a[insp], minlength=data.n_batches * 2 * m)
+    scores = per_batch.reshape(data.n_batches, 2 * m)[:, np.flatnonzero(free_index >= 0)]
+    return scores.sum(axis=0), scores.T @ scores, loglik

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
@@ -24,6 +25,7 @@ from fabguard.errors import InputError, ModelFileError
 from fabguard.serve import db
 from fabguard.serve.config import Settings
 from fabguard.serve.engine import Batcher, NotReady
+from fabguard.serve.inspection_log import log_inspections
 from fabguard.serve.images import TooManyPixels, UnsupportedImage
 from fabguard.serve.metrics import Metrics
 from fabguard.serve.registry import Conflict, NotFound, Registry
@@ -42,7 +44,11 @@ class Service:
     registry: Registry
     metrics: Metrics
     batcher: Batcher
+    experiments: object = None  # fabguard.serve.experiments.Experiments
+    monitor: object = None  # fabguard.serve.monitor.Monitor: drift gauges and the status page's timeline
     tasks: list = field(default_factory=list)
+    after: ThreadPoolExecutor = field(  # heatmaps, stored images and shadow scores, after the answer
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="fabguard-after"))
     router: object | None = None  # fabguard.active.Router, when router_dir is set
     yield_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="fabguard-yield"))
@@ -75,6 +81,14 @@ def start(settings: Settings) -> Service:
     metrics = Metrics(settings.max_batch)
     service = Service(settings, engine, registry, metrics,
                       Batcher(registry, metrics, settings.max_batch, settings.max_wait_ms))
+    service.batcher.log = partial(log_inspections, service)
+    from fabguard.serve.experiments import Experiments
+
+    service.experiments = service.batcher.experiments = Experiments(engine, registry, settings, metrics)
+    service.experiments.sync()
+    from fabguard.serve.monitor import Monitor
+
+    service.monitor = Monitor(service)
     if settings.router_dir is not None:
         from fabguard.active.router import Router
 
@@ -82,15 +96,22 @@ def start(settings: Settings) -> Service:
     return service
 
 
-async def follow_promotions(service: Service) -> None:
-    """Re-read the promoted version every ``sync_seconds`` (other replicas, the CLI); a database outage is
-    logged and retried, never fatal."""
+async def every(seconds: float, work, what: str) -> None:
+    """Run ``work`` on a worker thread every ``seconds``; a database outage is logged and retried, never
+    fatal."""
     while True:
-        await asyncio.sleep(service.settings.sync_seconds)
+        await asyncio.sleep(seconds)
         try:
-            await run_in_threadpool(service.registry.sync)
+            await run_in_threadpool(work)
         except (sa.exc.DBAPIError, InputError) as exc:
-            log.warning("cannot follow promotions: %s", str(exc).splitlines()[0])
+            log.warning("cannot %s: %s", what, str(exc).splitlines()[0])
+
+
+def follow(service: Service) -> None:
+    """Serve what the database says: the promoted version (other replicas, the CLI) and the running
+    experiment."""
+    service.registry.sync()
+    service.experiments.sync()
 
 
 @asynccontextmanager
@@ -98,28 +119,52 @@ async def lifespan(app: FastAPI):
     service = await run_in_threadpool(start, app.state.settings)
     app.state.service = service
     service.batcher.start()
-    service.tasks.append(asyncio.get_running_loop().create_task(follow_promotions(service)))
+    loop, settings = asyncio.get_running_loop(), service.settings
+    service.tasks += [loop.create_task(every(settings.sync_seconds, partial(follow, service), "follow promotions")),
+                      loop.create_task(every(settings.guardrail_seconds, service.experiments.guard,
+                                             "run the guardrail"))]
+    service.tasks.append(loop.create_task(every(settings.monitor_seconds, service.monitor.refresh,
+                                                "refresh the drift gauges and the status timeline")))
+    from fabguard.serve.review import publish
+
+    service.tasks.append(loop.create_task(every(settings.review_seconds, partial(publish, service.engine,
+                                                                                 service.metrics),
+                                                "refresh the review gauges")))
+    if settings.retain_images_days is not None:
+        from fabguard.serve.retention import prune
+
+        service.tasks.append(loop.create_task(every(settings.retention_seconds, partial(prune, service.engine,
+                                                                                        settings),
+                                                    "delete expired images")))
     try:
         yield
     finally:
         for task in service.tasks:
             task.cancel()
         await service.batcher.stop()
+        await run_in_threadpool(service.after.shutdown, True)
         await run_in_threadpool(service.yield_executor.shutdown, True, cancel_futures=True)
         service.engine.dispose()
 
 
 def create_app(settings: Settings) -> FastAPI:
     from fabguard import __version__
-    from fabguard.serve.routers import active, anomaly, health, machine_yield, metrics, models
+    from fabguard.serve.routers import active, anomaly, experiments, health, machine_yield, metrics, models
 
     app = FastAPI(title="fabguard inspection service", version=__version__, lifespan=lifespan,
                   description="Line-side wafer image inspection: score, decide PASS / REVIEW / REJECT, log.")
     app.state.settings = settings
-    for router in (anomaly.router, models.router, active.router, machine_yield.router):
+    for router in (anomaly.router, models.router, experiments.router, active.router, machine_yield.router):
         app.include_router(router, prefix="/api/v1")
     app.include_router(health.router)
     app.include_router(metrics.router)
+    from fabguard.serve.routers import drift, status
+
+    app.include_router(drift.router, prefix="/api/v1")
+    app.include_router(status.router)  # the page (/status) and its JSON (/api/v1/status)
+    from fabguard.serve.routers import review
+
+    app.include_router(review.router)  # the page (/review) and its API (/api/v1/review/...)
     _errors(app)
     app.add_middleware(Measure)
     return app

@@ -25,6 +25,18 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-file", type=Path, help="file holding the bearer token of the write endpoints "
                                                         "(default: $FABGUARD_TOKEN, else home/token)")
     parser.set_defaults(func=cmd_serve)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")  # none: run the service
+    p = commands.add_parser("prune", help="delete stored images and heatmaps past the retention, once",
+                            description="Delete the stored images and heatmaps of inspections older than "
+                                        "retain_images_days, except those of the review queue (docs/serve.md, "
+                                        "Image retention), and exit. The service does this itself every "
+                                        "retention_seconds when retain_images_days is set.")
+    add_state_args(p)
+    p.add_argument("--days", type=typed(float, Interval(float, 0, None, "neither")),
+                   help="retention in days (default: the retain_images_days setting)")
+    p.add_argument("--full", action="store_true", help="read every expired inspection again, not only those "
+                                                       "expired since the last run (e.g. after a restore)")
+    p.set_defaults(func=cmd_prune)
 
 
 def cmd_serve(args) -> int:
@@ -38,4 +50,23 @@ def cmd_serve(args) -> int:
     # server may close a connection just as a client reuses it, and that request fails with a read error
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False,
                 timeout_keep_alive=75, timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from fabguard.errors import InputError
+    from fabguard.serve.config import load_settings
+    from fabguard.serve.retention import open_log, prune
+
+    settings = load_settings(args.config, home=args.home, db=args.db, retain_images_days=args.days)
+    if settings.retain_images_days is None:
+        raise InputError("no retention set: give --days or the retain_images_days setting")
+    engine = open_log(settings)
+    try:
+        found = prune(engine, settings, full=args.full)
+    finally:
+        engine.dispose()
+    print(f"deleted {found['images']} images and {found['heatmaps']} heatmaps ({found['bytes'] / 1e6:.1f} MB) of "
+          f"inspections before {found['cutoff']} outside the review queue"
+          + (f"; {found['failed']} could not be deleted (see the log above)" if found["failed"] else ""))
     return 0

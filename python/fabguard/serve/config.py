@@ -45,6 +45,38 @@ class Settings(BaseSettings):
     gate_min_auprc: float = Field(0.85, ge=0, le=1)
     gate_max_fnr_at_fpr5: float = Field(0.005, ge=0, le=1)
     gate_max_latency_ms: float = Field(50.0, gt=0)
+    canary_share: float = Field(0.1, gt=0, lt=1, description="share of wafers a canary candidate decides")
+    guardrail_max_fnr: float = Field(0.01, gt=0, lt=1, description="a candidate whose miss rate is above this "
+                                     "with 95% confidence is rolled back (10x the case study's 0.1% target)")
+    guardrail_seconds: float = Field(10.0, gt=0, description="how often the guardrail re-estimates the miss rate")
+    target_fnr: float = Field(0.001, ge=0, le=1, description="miss rate a candidate must show to be recommended")
+    target_fpr: float = Field(0.05, ge=0, le=1, description="false-alarm rate a candidate must show to be recommended")
+    compare_min_images: int = Field(100, ge=1, description="images per model before a comparison can recommend")
+    drift_window: int = Field(500, ge=2, description="drift: the newest PASS inspections compared with the reference")
+    drift_min_window: int = Field(50, ge=2, description="drift: PASS inspections needed before a test is run")
+    drift_alpha: float = Field(0.01, gt=0, lt=1, description="drift: alert below this p-value (case study: 0.01)")
+    monitor_seconds: float = Field(30.0, gt=0, description="how often drift gauges and the status timeline refresh")
+    status_hours: int = Field(24, ge=1, le=24 * 31, description="hours of history on the status page")
+    audit_pass_rate: float = Field(0.01, ge=0, le=1, description="review: share of PASS decisions audited "
+                                   "(without them the miss rate cannot be estimated)")
+    audit_reject_rate: float = Field(0.1, ge=0, le=1, description="review: share of REJECT decisions audited")
+    second_label_rate: float = Field(0.1, ge=0, le=1, description="review: share of REVIEW decisions labelled "
+                                     "by a second inspector (inspector agreement)")
+    review_seed: int = Field(0, description="review: seed of the audit and second-label samples (a hash)")
+    review_token: str | None = Field(None, description="review: a token that may post labels and nothing else")
+    review_defect_types: list[str] = Field(["scratch", "particle", "crack", "contamination", "pattern", "other"],
+                                           description="review: defect types the review page offers")
+    review_seconds: float = Field(60.0, gt=0, description="how often the review gauges (last 24 h) refresh")
+    retain_images_days: float | None = Field(None, gt=0, description="retention: stored images and heatmaps "
+                                             "older than this are deleted, except those of the review queue "
+                                             "(None: kept forever)")
+    retention_seconds: float = Field(3600.0, gt=0, description="retention: how often expired images are deleted")
+
+    @model_validator(mode="after")
+    def _drift_window(self) -> "Settings":
+        if self.drift_min_window > self.drift_window:
+            raise ValueError(f"drift_min_window {self.drift_min_window} is larger than drift_window {self.drift_window}")
+        return self
 
     @model_validator(mode="after")
     def _read_token_file(self) -> "Settings":

@@ -1,5 +1,6 @@
-"""``fabguard models list | add | promote | rollback``: the registry in the database itself, so it works
-with the service stopped; running replicas follow a promotion or rollback within ``sync_seconds``."""
+"""``fabguard models list | add | promote | rollback | shadow | canary | compare | stop``: the registry and
+the experiments in the database itself, so they work with the service stopped; running replicas follow a
+promotion, rollback or experiment within ``sync_seconds``."""
 
 from __future__ import annotations
 
@@ -28,6 +29,22 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("rollback", help="serve again the version that served before the current one")
     add_state_args(p)
     p.set_defaults(func=cmd_rollback)
+    for mode, text in (("shadow", "score every image with a candidate beside production (production decides)"),
+                       ("canary", "let a candidate decide a share of wafers (by a hash of wafer_id)")):
+        p = subparsers.add_parser(mode, help=text)
+        p.add_argument("version", help="the registered candidate")
+        if mode == "canary":
+            p.add_argument("--share", type=float, default=None, help="share of wafers (default 0.1, or settings)")
+        add_state_args(p)
+        p.set_defaults(func=cmd_start, mode=mode)
+    p = subparsers.add_parser("compare", help="the candidate against production: rates, tests, reviewed labels")
+    p.add_argument("experiment", type=int, nargs="?", help="experiment id (default: the newest)")
+    add_state_args(p)
+    p.set_defaults(func=cmd_compare)
+    p = subparsers.add_parser("stop", help="end a running shadow or canary experiment")
+    p.add_argument("experiment", type=int)
+    add_state_args(p)
+    p.set_defaults(func=cmd_stop)
 
 
 def _registry(args):
@@ -40,6 +57,14 @@ def _registry(args):
     engine = db.create_engine(settings.db_url)
     db.migrate(engine)
     return Registry(engine, settings)
+
+
+def _experiments(args):
+    from fabguard.serve.experiments import Experiments
+    from fabguard.serve.metrics import Metrics
+
+    registry = _registry(args)
+    return Experiments(registry.engine, registry, registry.settings, Metrics(registry.settings.max_batch))
 
 
 def cmd_list(args) -> int:
@@ -72,4 +97,30 @@ def cmd_promote(args) -> int:
 
 def cmd_rollback(args) -> int:
     print(f"serving {_registry(args).rollback()['version']}")
+    return 0
+
+
+def cmd_start(args) -> int:
+    found = _experiments(args).start(args.version, args.mode, getattr(args, "share", None))
+    share = f" on {found['share']:.0%} of wafers" if found["mode"] == "canary" else ""
+    print(f"experiment {found['id']}: {found['mode']} of {found['candidate']}{share} beside {found['baseline']}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from fabguard.errors import InputError
+
+    experiments = _experiments(args)
+    if args.experiment is None:
+        newest = experiments.list(1)
+        if not newest:
+            raise InputError("no experiment yet: start one with fabguard models shadow|canary VERSION")
+        args.experiment = newest[0]["id"]
+    print(json.dumps(experiments.report(args.experiment), indent=2, default=str))
+    return 0
+
+
+def cmd_stop(args) -> int:
+    found = _experiments(args).stop(args.experiment, "ended", "stopped from the command line")
+    print(f"experiment {found['id']} ended: production decides every image")
     return 0

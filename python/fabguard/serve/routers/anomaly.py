@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import time
+import logging
 import uuid
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import sqlalchemy as sa
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
@@ -18,9 +19,10 @@ from fabguard.outputs import atomic_path
 from fabguard.serve import db, images
 from fabguard.serve.app import Service
 from fabguard.serve.dependencies import get_service, image_body, inspect_token
-from fabguard.serve.engine import Result
+from fabguard.serve.engine import Result, score_batch
 from fabguard.serve.schemas import MAX_POINT, WAFER_ID, Decision, InspectionRecord, InspectionResult, Problem
 
+log = logging.getLogger("fabguard.serve")
 router = APIRouter(tags=["inspection"], dependencies=[Depends(inspect_token)],
                    responses={401: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}})
 HEATMAP_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,120}$"
@@ -36,46 +38,51 @@ def heatmap_url(name: str) -> str:
 
 @router.post("/inspect", response_model=InspectionResult, openapi_extra=IMAGE_BODY,
              responses={413: {"model": Problem}, 415: {"model": Problem}})
-async def inspect(background: BackgroundTasks, service: Annotated[Service, Depends(get_service)],
+async def inspect(service: Annotated[Service, Depends(get_service)],
                   body: Annotated[bytes, Depends(image_body)],
                   wafer_id: Annotated[str, Query(pattern=WAFER_ID, description="letters, digits, '-', '_'")],
                   inspection_point: Annotated[int, Query(ge=0, le=MAX_POINT)]) -> InspectionResult:
     """Score one raw PNG or TIFF image; the inspection is committed to the log before this answer is sent.
-    The heatmap is rendered after the answer (``heatmap_url`` serves it once written)."""
-    pixels = await run_in_threadpool(images.decode, body, service.settings.max_pixels)
-    result = await service.batcher.submit(pixels)
+    The heatmap is rendered after the answer (``heatmap_url`` serves it once written), and so is a shadow
+    candidate's score."""
     inspection_id = uuid.uuid4().hex
     name = f"{wafer_id}-{inspection_point}-{inspection_id[:12]}"
     suffix = ".tif" if body[:4] in images.TIFF_MAGIC else ".png"
     image_ref = f"images/{inspection_id}{suffix}" if service.settings.store_images else None
-    row = {"id": inspection_id, "created_at": datetime.now(timezone.utc), "wafer_id": wafer_id,
-           "inspection_point": inspection_point, "model_version": result.version,
-           "anomaly_score": result.score, "decision": result.decision, "confidence": result.confidence,
-           "inference_time_ms": result.inference_ms, "image_ref": image_ref, "heatmap_ref": f"heatmaps/{name}.png"}
-    await run_in_threadpool(_commit, service, row)
+    own = {"id": inspection_id, "wafer_id": wafer_id, "inspection_point": inspection_point, "image_ref": image_ref,
+           "heatmap_ref": f"heatmaps/{name}.png"}
+    result, row, pixels = await service.batcher.score(partial(images.decode, body, service.settings.max_pixels), own)
     service.metrics.inspections.labels(result.decision, result.version).inc()
     service.metrics.score.labels(result.version).observe(result.score)
-    background.add_task(_store, service.settings.home, row, body if image_ref else None, result)
+    running = service.experiments.running
+    shadow = running.candidate if running is not None and running.mode == "shadow" else None
+    # after the answer, on its own thread: not a background task, which would hold this keep-alive connection
+    service.after.submit(_after, service, row, body if image_ref else None, result, shadow, pixels)
     return InspectionResult(wafer_id=wafer_id, inspection_point=inspection_point, anomaly_score=result.score,
                             decision=result.decision, confidence=result.confidence, heatmap_url=heatmap_url(name),
-                            latent_vector=result.latent, model_version=result.version,
+                            latent_vector=result.latent.tolist(), model_version=result.version,
                             inference_time_ms=result.inference_ms, inspection_id=inspection_id)
 
 
-def _commit(service: Service, row: dict) -> None:
-    start = time.perf_counter()
-    with service.engine.begin() as connection:
-        connection.execute(db.inspections.insert().values(**row))
-    service.metrics.log_write.observe(time.perf_counter() - start)
-
-
-def _store(home: Path, row: dict, body: bytes | None, result: Result) -> None:
-    """After the answer: the heatmap overlay and the image itself, each written whole."""
-    with atomic_path(home / row["heatmap_ref"]) as tmp:
-        tmp.write_bytes(images.overlay_png(result.pixels, result.heatmap))
-    if body is not None:
-        with atomic_path(home / row["image_ref"]) as tmp:
-            tmp.write_bytes(body)
+def _after(service: Service, row: dict, body: bytes | None, result: Result, shadow, pixels) -> None:
+    """After the answer: the heatmap overlay and the image itself, each written whole; the shadow
+    candidate's score of the same image. A failure is logged, never lost silently."""
+    home = service.settings.home
+    try:
+        with atomic_path(home / row["heatmap_ref"]) as tmp:
+            tmp.write_bytes(images.overlay_png(result.pixels, result.heatmap))
+        if body is not None:
+            with atomic_path(home / row["image_ref"]) as tmp:
+                tmp.write_bytes(body)
+        if shadow is not None:
+            [scored] = score_batch(shadow, [pixels])
+            service.metrics.shadow.observe(scored.inference_ms / 1e3)
+            with service.engine.begin() as connection:
+                connection.execute(db.shadow_scores.insert().values(
+                    inspection_id=row["id"], version=scored.version, anomaly_score=scored.score,
+                    decision=scored.decision, inference_time_ms=scored.inference_ms))
+    except Exception:  # noqa: BLE001  (a full disk or a database outage must not kill the worker thread)
+        log.exception("inspection %s: after-answer work failed", row["id"])
 
 
 @router.get("/heatmaps/{name}.png", response_class=FileResponse, responses={404: {"model": Problem}})
