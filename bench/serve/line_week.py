@@ -3,13 +3,13 @@
     python bench/serve/line_week.py                      # 7 days x 1200 synthetic wafer images, seed 0
     python bench/serve/line_week.py --per-day 300        # a quick run
 
-The service runs as its own process on loopback (SQLite log), with audit sampling (PASS 5%, REJECT 20%),
+Images are 2% defective. The service runs as its own process on loopback (SQLite log), with audit sampling (PASS 5%, REJECT 20%),
 20% of REVIEW items labelled twice, the guardrail every second and the drift monitor every 2 s. Inspectors
 answer the review queue from the ground truth. On REVIEW items (the ambiguous band, where the case study
 measures its 78% inspector agreement) each flips the truth with probability 0.124, so two of them agree 78%
 of the time ((1 - q)^2 + q^2 = 0.78). Audited PASS and REJECT images are labelled correctly (``--audit-flip``
-sets an error rate): at 5% defects, every 0.1% of false "defective" labels on audited PASS images adds about
-two points to the estimated miss rate (0.95 x 0.001 / 0.05), so audit labels must be confirmed (a second
+sets an error rate): at 2% defects, every 0.1% of false "defective" labels on audited PASS images adds about
+five points to the estimated miss rate (0.98 x 0.001 / 0.02), so audit labels must be confirmed (a second
 inspector, or the wafer itself) for a 0.1%-level FNR to be measurable at all. The week:
 
 - day 1: production (the bundled PCA model) alone;
@@ -99,9 +99,9 @@ def make_candidates(work: Path, seed: int) -> dict:
 
 
 class Stream:
-    """Synthetic wafer images, 5% defective, seeded; ``brightness`` shifts every pixel."""
+    """Synthetic wafer images, 2% defective, seeded; ``brightness`` shifts every pixel."""
 
-    def __init__(self, seed: int, defect_rate: float = 0.05):
+    def __init__(self, seed: int, defect_rate: float = 0.02):
         self.rng, self.defect_rate, self.brightness = np.random.default_rng(seed), defect_rate, 0.0
 
     def next(self) -> tuple[bytes, int, str]:

@@ -8,27 +8,30 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
-
 from fabguard.cli import main
 from fabguard.serve import db, review
 from fabguard.serve.config import load_settings
 from fabguard.serve.retention import PROGRESS, prune
-from tests.serve.conftest import TOKEN
+
+from tests.serve.conftest import TOKEN, png_bytes
 
 NOW = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
+PNG = png_bytes(np.full((8, 8), 0.5))  # every stored file here (a .tif name with PNG bytes is never decoded)
 
 
-def logged(engine, home: Path, age: timedelta, queued: str | None = None, suffix: str = ".png") -> dict:
-    """One inspection ``age`` before NOW with its image and heatmap files; ``queued``: "waiting" or
+def logged(engine, home: Path, age: timedelta, queued: str | None = None, suffix: str = ".png", now=NOW) -> dict:
+    """One inspection ``age`` before ``now`` with its image and heatmap files; ``queued``: "waiting" or
     "labelled" puts it in the review queue."""
     iid = uuid.uuid4().hex
-    row = {"id": iid, "created_at": NOW - age, "wafer_id": "WF-1", "inspection_point": 1,
+    row = {"id": iid, "created_at": now - age, "wafer_id": "WF-1", "inspection_point": 1,
            "model_version": "pca-wafer-v1.0.0", "anomaly_score": 0.01, "decision": "PASS", "confidence": 0.9,
-           "inference_time_ms": 1.0, "image_ref": f"images/{iid}{suffix}", "heatmap_ref": f"heatmaps/WF-1-1-{iid[:12]}.png"}
+           "inference_time_ms": 1.0, "image_ref": f"images/{iid}{suffix}",
+           "heatmap_ref": f"heatmaps/WF-1-1-{iid[:12]}.png"}
     for ref in (row["image_ref"], row["heatmap_ref"]):
-        (home / ref).write_bytes(b"x" * 100)
+        (home / ref).write_bytes(PNG)
     with engine.begin() as c:
         c.execute(db.inspections.insert().values(**row))
         if queued:
@@ -61,7 +64,7 @@ def test_prune_keeps_the_queue_and_reads_each_inspection_once(state):
         (31, None), (40, "waiting"), (45, "labelled"), (29, None)))
     tif = logged(engine, home, timedelta(days=60), suffix=".tif")
     found = prune(engine, settings, now=NOW)
-    assert (found["images"], found["heatmaps"], found["bytes"], found["failed"]) == (2, 2, 400, 0)
+    assert (found["images"], found["heatmaps"], found["bytes"], found["failed"]) == (2, 2, 4 * len(PNG), 0)
     assert found["cutoff"] == (NOW - timedelta(days=30)).isoformat()
     assert present(home, old) == present(home, tif) == (False, False)
     assert present(home, waiting) == present(home, labelled) == present(home, young) == (True, True)
@@ -110,34 +113,27 @@ def test_prune_without_retention_and_on_odd_state(state, monkeypatch):
     assert "done_before" in (home / PROGRESS).read_text()
 
 
-def test_the_service_prunes_on_its_own_and_the_review_api_answers_404(tmp_path, wafer_images):
+def test_the_service_prunes_on_its_own_and_the_review_api_answers_404(state):
+    from fabguard.serve.app import create_app
     from fastapi.testclient import TestClient
 
-    from fabguard.serve.app import create_app
-
-    home = tmp_path / "home"
-    settings = load_settings(home=home, token=TOKEN, max_wait_ms=1.0, retain_images_days=1, retention_seconds=0.05,
-                             audit_pass_rate=1.0, audit_reject_rate=1.0)
+    engine, settings = state
+    home, now = settings.home, datetime.now(timezone.utc)
+    expired, queued = logged(engine, home, timedelta(days=2), now=now), logged(engine, home, timedelta(days=2),
+                                                                                "waiting", now=now)
+    settings = load_settings(home=home, token=TOKEN, retain_images_days=1, retention_seconds=0.05)
     with TestClient(create_app(settings)) as client:
-        service = client.app.state.service
-        answers = [client.post(f"/api/v1/inspect?wafer_id=WF-3&inspection_point={i}", content=im,
-                               headers={"Content-Type": "image/png"}).json() for i, im in enumerate(wafer_images[0][:2])]
-        service.after.submit(lambda: None).result()
-        with service.engine.begin() as c:  # one leaves the queue (as if never sampled); both are 2 days old
-            c.execute(db.review_items.delete().where(db.review_items.c.inspection_id == answers[0]["inspection_id"]))
-            c.execute(db.inspections.update().values(created_at=datetime.now(timezone.utc) - timedelta(days=2)))
-        gone = home / "images" / f"{answers[0]['inspection_id']}.png"
         deadline = time.monotonic() + 20
-        while gone.exists():
+        while (home / expired["image_ref"]).exists():
             assert time.monotonic() < deadline, "the retention task did not run"
             time.sleep(0.02)
-        image = client.get(f"/api/v1/review/items/{answers[0]['inspection_id']}/image.png")
+        image = client.get(f"/api/v1/review/items/{expired['id']}/image.png")
         assert image.status_code == 404 and image.headers["content-type"] == "application/json"
-        assert client.get(answers[0]["heatmap_url"]).status_code == 404
-        assert client.get(f"/api/v1/review/items/{answers[1]['inspection_id']}/image.png").status_code == 200
-        assert client.get(answers[1]["heatmap_url"]).status_code == 200
-        record = client.get(f"/api/v1/inspections/{answers[0]['inspection_id']}").json()
-        assert record["image_ref"] == f"images/{answers[0]['inspection_id']}.png"  # the log row stays
+        assert client.get(f"/api/v1/heatmaps/{Path(expired['heatmap_ref']).stem}.png").status_code == 404
+        assert client.get(f"/api/v1/review/items/{queued['id']}/image.png").status_code == 200
+        assert client.get(f"/api/v1/heatmaps/{Path(queued['heatmap_ref']).stem}.png").status_code == 200
+        record = client.get(f"/api/v1/inspections/{expired['id']}").json()
+        assert record["image_ref"] == expired["image_ref"]  # the log row stays
 
 
 def test_prune_command(state, tmp_path, capsys):
@@ -148,7 +144,9 @@ def test_prune_command(state, tmp_path, capsys):
     assert "no retention set" in capsys.readouterr().err
     assert main(["serve", "prune", "--home", str(tmp_path / "nowhere"), "--days", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["serve", "prune", "--home", str(home), "--days", "0"]) == 2
+    with pytest.raises(SystemExit, match="2"):
+        main(["serve", "prune", "--home", str(home), "--days", "0"])
+    assert "--days: '0' must be" in capsys.readouterr().err
     assert main(["serve", "prune", "--home", str(home), "--days", "7"]) == 0
     assert capsys.readouterr().out.startswith("deleted 1 images and 1 heatmaps (0.0 MB) of inspections before ")
     assert present(home, row) == (False, False)

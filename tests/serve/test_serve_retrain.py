@@ -10,12 +10,12 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-
 from fabguard.anomaly.synthetic import synthetic_set
 from fabguard.cli import main
 from fabguard.serve import db, review
 from fabguard.serve.app import follow
 from fabguard.serve.registry import REPORT_KEYS
+
 from tests.serve.conftest import TOKEN, png_bytes
 
 N_NORMAL, N_DEFECT, SIZE = 80, 16, 64
@@ -83,7 +83,7 @@ def versions(service) -> list[str]:
 
 
 def test_retrain_registers_the_candidate_and_starts_its_shadow(line, capsys):
-    client, service, truth, expected = line
+    client, service, _, expected = line
     home = ["--home", str(service.settings.home)]
     assert main(["anomaly", "retrain", *home, *ARGS, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -128,7 +128,7 @@ def test_retrain_registers_the_candidate_and_starts_its_shadow(line, capsys):
 
 
 def test_refusals_leave_the_registry_as_it_was(line, capsys, tmp_path, monkeypatch):
-    client, service, truth, expected = line
+    _, service, truth, expected = line
     home = service.settings.home
     before = versions(service)
 

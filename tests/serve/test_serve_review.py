@@ -418,3 +418,23 @@ def test_figures_api_and_gauges_refresh_off_the_request_path(tmp_path):
                              ({"arm": "both"}, "pattern"), ({"since": "yesterday"}, "datetime")):
             answer = client.get("/api/v1/review/figures", params=params)
             assert answer.status_code == 422 and text in str(answer.json()["detail"]), answer.text
+
+
+def test_label_error_from_agreement_and_the_correction_it_makes():
+    """q from a = (1 - q)^2 + q^2; then normal REVIEW images that a candidate PASSes, 12.4% of them labelled
+    defective by error, are no longer counted as its misses (exact arithmetic on the point estimate)."""
+    assert review.label_error(100, 78) == pytest.approx((1 - np.sqrt(0.56)) / 2, abs=1e-15)
+    assert review.label_error(9, 7) == 0.0  # too few double-labelled items to say
+    assert review.label_error(40, 20) == 0.0  # chance-level agreement: nothing to correct with
+    size, labelled, defective = np.zeros((3, 3)), np.zeros((3, 3)), np.zeros((3, 3))
+    size[1, 0] = labelled[1, 0] = 100  # production REVIEW, candidate PASS: all normal, 12.4 labelled defective
+    defective[1, 0] = 12.4
+    size[2, 2], labelled[2, 2], defective[2, 2] = 50, 10, 10  # production and candidate REJECT: defective
+    size[0, 0], labelled[0, 0] = 1000, 50  # both PASS: audited, all normal
+    cells = review.Cells(size, labelled, defective)
+    raw = review.rates(cells, draws=200)["fnr"]
+    assert raw.value == pytest.approx(12.4 / (12.4 + 50), rel=1e-12)
+    fixed = review.rates(cells, draws=200, errors=(0.0, 0.124, 0.0))["fnr"]
+    assert fixed.value == 0.0
+    with pytest.raises(ValueError, match="label error"):
+        review.rates(cells, errors=(0.0, 0.5, 0.0))

@@ -57,7 +57,10 @@ def register(subparsers) -> None:
                                           "comparison table OUT/comparison.md. OUT appears whole when all is "
                                           "done, replacing an earlier evaluation folder there.")
     p.add_argument("--model", action="append", required=True, help="model file (.pt); repeat to compare")
-    p.add_argument("--data", required=True, help="MVTec-layout dataset folder (test/, ground_truth/, train/good)")
+    p.add_argument("--data", required=True,
+                   help="MVTec-layout dataset folder (test/<type>/, ground_truth/ masks optional, train/good for "
+                        "the galleries' references) or a CSV of path,label[,defect_type] (label 0 normal, 1 "
+                        "defective); without masks the pixel metrics are reported as not available")
     p.add_argument("--out", required=True, help="output folder (new, or an earlier evaluation's)")
     p.add_argument("--gallery", type=typed(int, POSITIVE_INT), default=6, help="images per error gallery (default 6)")
     _add_common(p)
@@ -71,6 +74,13 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--tensorrt", metavar="ENGINE", help="also build a TensorRT engine (needs tensorrt and a GPU)")
     p.add_argument("--no-fp16", action="store_true", help="TensorRT engine in FP32 only")
+    p.add_argument("--triton", metavar="REPO_DIR", help="also write a Triton model repository (REPO_DIR/<name>/"
+                                                        "config.pbtxt and <name>/<version>/model.onnx or .plan)")
+    p.add_argument("--triton-name", help="model name in the Triton repository (default: the ONNX file's name)")
+    p.add_argument("--triton-version", type=typed(int, POSITIVE_INT), default=1, help="model version (default 1)")
+    p.add_argument("--triton-platform", choices=("onnxruntime_onnx", "tensorrt_plan"), default="onnxruntime_onnx",
+                   help="Triton backend: ONNX Runtime on model.onnx (default) or TensorRT on the engine of "
+                        "--tensorrt (model.plan)")
     p.add_argument("--tolerance", type=typed(float, Interval(float, 0, None, "neither")), default=1e-4,
                    help="max difference allowed, relative to an output's largest magnitude where that exceeds 1 "
                         "(default 1e-4)")
@@ -97,9 +107,9 @@ def register(subparsers) -> None:
     _add_common(p)
     p.set_defaults(func=cmd_synthetic)
 
-    from fabguard.serve import retrain  # the inspection service's retraining pipeline (docs/serve.md)
+    from fabguard.serve import retrain
 
-    retrain.register(subparsers)
+    retrain.register(subparsers)  # the inspection service's retraining pipeline (docs/serve.md)
 
 
 def _dest(flag: str) -> str:
@@ -185,8 +195,9 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from fabguard.anomaly.base import Detector
-    from fabguard.anomaly.evaluate import comparison_table, evaluate, write_comparison
-    from fabguard.anomaly.images import load_dataset
+    from fabguard.anomaly.evaluate import NO_MASKS, comparison_table, evaluate, labelled_entries, load_labelled, \
+        write_comparison
+    from fabguard.anomaly.images import NORMAL, load_dataset
     from fabguard.outputs import atomic_dir, check_output
 
     _seed(args)
@@ -197,10 +208,12 @@ def cmd_evaluate(args) -> int:
     if out.is_dir() and any(out.iterdir()) and not (out / "all_metrics.json").is_file():
         raise InputError(f"output folder {out}: exists and is not an earlier evaluation (no all_metrics.json); "
                          "it would be replaced, so choose a new folder")
+    _, has_masks = labelled_entries(args.data)  # the whole test set is checked before any model is loaded
     detectors = [(name, Detector.load(m)) for name, m in zip(names, args.model)]
     sizes = {d.input_size for _, d in detectors}
-    data = {s: (load_dataset(args.data, s, "test", progress=not args.quiet),
-                load_dataset(args.data, s, "train", progress=not args.quiet)) for s in sizes}
+    with_normals = Path(args.data).is_dir() and (Path(args.data) / "train" / NORMAL).is_dir()
+    data = {s: (load_labelled(args.data, s, progress=not args.quiet),
+                load_dataset(args.data, s, "train", progress=not args.quiet) if with_normals else None) for s in sizes}
     results = []
     with atomic_dir(out) as tmp:
         for name, detector in detectors:
@@ -208,6 +221,8 @@ def cmd_evaluate(args) -> int:
             results.append(evaluate(detector, test, tmp / name, name, normals, args.gallery, progress=not args.quiet))
         write_comparison(results, tmp, note=f"Data: {args.data}")
     print(comparison_table(results)[0], end="")
+    if not has_masks:
+        print(f"pixel metrics {NO_MASKS}")
     print(f"results in {out}")
     return 0
 
@@ -223,6 +238,12 @@ def cmd_export(args) -> int:
     out = check_output(args.out, "ONNX file", inputs=[args.model])
     if args.tensorrt:
         check_output(args.tensorrt, "TensorRT engine file", inputs=[args.model, args.out])
+    if args.triton:
+        from fabguard.anomaly.triton import check_repository
+
+        if args.triton_platform == "tensorrt_plan" and not args.tensorrt:
+            raise InputError("--triton-platform tensorrt_plan serves the TensorRT engine: also give --tensorrt ENGINE")
+        check_repository(args.triton, args.triton_name or out.stem, inputs=[args.model])
     detector = Detector.load(args.model)
     rng = np.random.default_rng(args.seed)
     check = rng.random((3, 3, detector.input_size, detector.input_size), dtype=np.float32)
@@ -240,6 +261,11 @@ def cmd_export(args) -> int:
         from fabguard.anomaly.tensorrt import build_engine
 
         print(build_engine(out, args.tensorrt, fp16=not args.no_fp16))
+    if args.triton:
+        from fabguard.anomaly.triton import write_repository
+
+        plan = args.tensorrt if args.triton_platform == "tensorrt_plan" else None
+        print(f"wrote Triton model {write_repository(out, args.triton, args.triton_name, args.triton_version, args.triton_platform, plan)}")
     return 0
 
 

@@ -5,10 +5,16 @@ images count as all-negative, as in MVTec AD), detection rate per defect type at
 operating point, and the PASS / REVIEW / REJECT counts per type at the model's calibrated thresholds.
 The FPR = 5% operating point is set on the test normals (what the case study reports); the calibrated
 thresholds come from validation normals only (what production uses).
+
+Most sites label whole images, not pixels: the test set is an MVTec-layout folder (``test/<type>/``,
+with ``ground_truth/`` masks or without that folder) or a CSV of ``path,label[,defect_type]``
+(:func:`labelled_entries`). Without masks the image metrics are the same and the pixel metrics are
+reported as not available.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -19,14 +25,97 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from fabguard.anomaly import plots
 from fabguard.anomaly.base import DECISIONS, Detector
-from fabguard.anomaly.images import ImageSet
+from fabguard.anomaly.images import EXTENSIONS, NORMAL, ImageSet, dataset_entries, list_images, load_image, load_mask
 from fabguard.errors import InputError
 from fabguard.outputs import atomic_path
-from fabguard.params import POSITIVE_INT, check
+from fabguard.params import POSITIVE_INT, check, check_memory
 
 TARGET_FPR = 0.05
+NO_MASKS = "not available: the test set has image-level labels only (no ground-truth masks)"
+DEFECTIVE = "defective"  # the defect type of a CSV row labelled 1 without a defect_type column
 METRICS = (("image_auroc", "image AUROC"), ("image_auprc", "AUPRC"), ("fnr_at_fpr5", "FNR@FPR5%"),
            ("pixel_auroc", "pixel AUROC"))
+
+
+def labelled_entries(source: str | os.PathLike) -> tuple[list[tuple[Path, str, Path | None]], bool]:
+    """(image, defect type, mask or None) of every test image of ``source``, and whether it has masks;
+    every file is checked to exist before any is read.
+
+    ``source`` is an MVTec-layout folder (``test/<type>/``; ``good`` is normal; masks from
+    ``ground_truth/<type>/<name>_mask.png`` when that folder exists, then one is needed for every
+    defective image) or a CSV file with a header ``path,label`` and optionally ``defect_type``: label 0
+    (normal) or 1 (defective), paths relative to the CSV's folder unless absolute.
+    """
+    source = Path(source)
+    if source.is_file():
+        return _csv_entries(source), False
+    if not source.is_dir():
+        raise InputError(f"{source}: no such test set (an MVTec-layout folder or a CSV of path,label)")
+    if (source / "ground_truth").is_dir():
+        return dataset_entries(source, "test"), True
+    if not (source / "test").is_dir():
+        raise InputError(f"{source}: a labelled test set needs the MVTec layout test/<type>/ (or give a CSV of "
+                         "path,label)")
+    types = sorted(d.name for d in (source / "test").iterdir() if d.is_dir())
+    if not types:
+        raise InputError(f"{source / 'test'}: no defect-type folders")
+    return [(path, kind, None) for kind in types for path in list_images(source / "test" / kind)], False
+
+
+def _csv_entries(path: Path) -> list[tuple[Path, str, None]]:
+    """Rows of a ``path,label[,defect_type]`` CSV; errors name the file, row (1 = header) and column."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = [h.strip() for h in next(reader, [])]
+        if header[:2] != ["path", "label"] or header[2:] not in ([], ["defect_type"]):
+            raise InputError(f"{path}: row 1: expected the header path,label (optionally ,defect_type), got "
+                             f"{','.join(header) or 'an empty file'}")
+        entries, seen = [], {}
+        for row_number, row in enumerate(reader, start=2):
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise InputError(f"{path}: row {row_number}: {len(row)} columns, expected {len(header)} "
+                                 f"({','.join(header)})")
+            name, label = row[0].strip(), row[1].strip()
+            if label not in ("0", "1"):
+                raise InputError(f"{path}: row {row_number}, column label: expected 0 (normal) or 1 (defective), "
+                                 f"got {label!r}")
+            image = Path(name) if Path(name).is_absolute() else path.parent / name
+            if not name or not image.is_file():
+                raise InputError(f"{path}: row {row_number}, column path: no such image file {str(image)!r}")
+            if image.suffix.lower() not in EXTENSIONS:
+                raise InputError(f"{path}: row {row_number}, column path: unsupported image type {image.suffix!r} "
+                                 f"(supported: {', '.join(EXTENSIONS)})")
+            if image.resolve() in seen:
+                raise InputError(f"{path}: row {row_number}, column path: {name} repeats row {seen[image.resolve()]}")
+            seen[image.resolve()] = row_number
+            kind = row[2].strip() if len(row) > 2 and row[2].strip() else (NORMAL if label == "0" else DEFECTIVE)
+            if (kind == NORMAL) != (label == "0"):
+                raise InputError(f"{path}: row {row_number}, column defect_type: {kind!r} contradicts label {label} "
+                                 f"({NORMAL!r} is the normal type and only it)")
+            entries.append((image, kind, None))
+    if not entries:
+        raise InputError(f"{path}: no rows after the header")
+    return entries
+
+
+def load_labelled(source: str | os.PathLike, size: int, progress: bool = False) -> ImageSet:
+    """The labelled test set of ``source`` (see :func:`labelled_entries`) at ``size``; ``masks`` is None
+    when it has none."""
+    from tqdm.auto import tqdm
+
+    entries, has_masks = labelled_entries(source)
+    check_memory(4.0 * len(entries) * (3 + has_masks) * size ** 2,
+                 f"{len(entries)} test images of {source} at {size}x{size}", "use a smaller size")
+    images, masks = [], []
+    for path, _, mask in tqdm(entries, desc=f"loading {Path(source).name}", disable=not progress, leave=False):
+        images.append(load_image(path, size))
+        if has_masks:
+            masks.append(load_mask(mask, size) if mask is not None else np.zeros((size, size), bool))
+    return ImageSet(images=np.stack(images), paths=[str(p) for p, _, _ in entries],
+                    labels=np.array([int(k != NORMAL) for _, k, _ in entries]),
+                    defect_types=[k for _, k, _ in entries], masks=np.stack(masks) if has_masks else None)
 
 
 def operating_point(labels, scores, target_fpr: float = TARGET_FPR) -> dict:
@@ -57,6 +146,7 @@ def metrics(test: ImageSet, scores: np.ndarray, heatmaps: np.ndarray, decisions:
         "fnr_at_fpr5": op["fnr"],
         "operating_point": {k: op[k] for k in ("threshold", "fpr", "tpr")},
         "pixel_auroc": float(roc_auc_score(test.masks.ravel(), heatmaps.ravel())) if test.masks is not None else None,
+        "pixel_metrics": "available" if test.masks is not None else NO_MASKS,
         "detection_rate_by_type": per_type,
         "decisions_by_type": decided,
         "false_negatives": [test.paths[i] for i in np.flatnonzero((labels == 1) & ~flagged)],

@@ -30,7 +30,6 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import sqlalchemy as sa
-from scipy import stats
 
 from fabguard.anomaly.reference import EMBEDDING_DIM, DriftReference
 from fabguard.errors import InputError
@@ -94,6 +93,8 @@ def score_test(window: np.ndarray, reference: np.ndarray, alpha: float, min_wind
               "statistic": None, "pvalue": None, "alarm": False}
     if len(window) < min_window or len(reference) < 2:
         return {**result, "status": f"waiting: {len(window)} PASS scores in the window, {min_window} needed"}
+    from scipy import stats  # here: importing scipy.stats costs the service's start a second
+
     ks = stats.ks_2samp(window, reference)
     return {**result, "statistic": float(ks.statistic), "pvalue": float(ks.pvalue),
             "alarm": bool(ks.pvalue < alpha), "status": "ok"}
@@ -114,6 +115,8 @@ def latent_test(window: np.ndarray | None, reference: np.ndarray | None, alpha: 
         return {**result, "status": "no reference embeddings"}
     if n_window < min_window:
         return {**result, "status": f"waiting: {n_window} PASS embeddings logged in the window, {min_window} needed"}
+    from scipy import stats
+
     window, reference = np.asarray(window, np.float64), np.asarray(reference, np.float64)
     with warnings.catch_warnings():  # a dimension constant in both samples gives NaN, handled below
         warnings.simplefilter("ignore", RuntimeWarning)

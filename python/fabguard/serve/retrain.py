@@ -363,6 +363,9 @@ def retrain(args) -> dict:
                 _withdraw(registry, version)
                 raise InputError(f"the shadow phase of {version} could not start ({exc}); the version was "
                                  "withdrawn, nothing changed") from None
+            except KeyboardInterrupt:
+                _withdraw(registry, version)
+                raise
     finally:
         engine.dispose()
     return {"version": version, "baseline": serving, "experiment": experiment, "report": report,

@@ -29,7 +29,6 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import sqlalchemy as sa
-from scipy import stats
 
 from fabguard.errors import InputError
 from fabguard.serve import db
@@ -38,6 +37,8 @@ from fabguard.serve.registry import Conflict, NotFound
 DECISIONS = ("PASS", "REVIEW", "REJECT")
 LABELS = ("normal", "defective")
 PASS, REJECT = 0, 2
+MIN_AGREEMENT_ITEMS = 10  # double-labelled REVIEW items needed before their agreement corrects the labels
+LABEL_ERROR_DAYS = 30  # the inspectors' error rate is measured over this many days before a window's end
 
 
 def chosen(seed: int, purpose: str, inspection_id: str, rate: float) -> bool:
@@ -169,17 +170,37 @@ def _point(cells: Cells, needed: np.ndarray) -> np.ndarray | None:
     return size * np.where(n > 0, share, row_share)
 
 
-def rates(cells: Cells, level: float = 0.95, draws: int = 4000, seed: int = 0) -> dict[str, Rate]:
+def label_error(items: int, agree: int, min_items: int = MIN_AGREEMENT_ITEMS) -> float:
+    """Per-inspector error rate ``q`` implied by two-inspector agreement ``a`` when both err independently
+    and symmetrically: a = (1 - q)^2 + q^2, so q = (1 - sqrt(2a - 1)) / 2 (0 with fewer than ``min_items``
+    double-labelled items, or when a <= 0.5: agreement at chance level, where no correction is possible)."""
+    if items < min_items or 2 * agree <= items:
+        return 0.0
+    return float((1 - np.sqrt(2 * agree / items - 1)) / 2)
+
+
+def rates(cells: Cells, level: float = 0.95, draws: int = 4000, seed: int = 0,
+          errors: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> dict[str, Rate]:
     """FNR, FPR and REJECT override rate of the evaluated model's decisions, with ``level`` intervals.
 
     fnr: defective images it PASSed / defective images. fpr: normal images it REJECTed / normal images.
     override: normal images among those it REJECTed (what inspectors overturn). A REVIEW is neither a miss
-    nor a false alarm: a person decides it."""
+    nor a false alarm: a person decides it.
+
+    ``errors``: per-inspector label error rate of the images of each logged decision (PASS, REVIEW,
+    REJECT). Labelled-defective counts are corrected for it (Rogan and Gladen 1978: x' = (x - q n) /
+    (1 - 2q), kept in [0, n]); without it, the 22% disagreement the case study reports on REVIEW images
+    turns normal REVIEW images that a candidate PASSes into apparent misses."""
     size = cells.size.astype(float)
     n = cells.labelled.astype(float)
     x = cells.defective.astype(float)
     if np.any(n > size) or np.any(x > n) or np.any(x < 0):
         raise ValueError("cells: labelled must be <= size and 0 <= defective <= labelled")
+    q = np.asarray(errors, float)[:, None]
+    if np.any(q < 0) or np.any(q >= 0.5):
+        raise ValueError(f"label error rates must be in [0, 0.5), got {errors}")
+    x = np.clip((x - q * n) / (1 - 2 * q), 0, n)
+    cells = Cells(cells.size, cells.labelled, x)
     everything = size > 0
     passed, rejected = np.zeros((3, 3), bool), np.zeros((3, 3), bool)
     passed[:, PASS] = rejected[:, REJECT] = True
@@ -233,6 +254,7 @@ class Estimate:
     level: float
     cells: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    review_label_error: float = 0.0  # per-inspector error on REVIEW images, from their agreement (see rates)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -305,9 +327,12 @@ def estimate(connection: sa.Connection, version: str | None, since: datetime, un
     if utc(until) <= utc(since):
         raise InputError(f"window: until ({until.isoformat()}) must be after since ({since.isoformat()})")
     cells = cells_of(connection, version, since, until, arm)
-    found = rates(cells, level, draws, seed)
+    # inspectors err on images, not on models: their error comes from the last LABEL_ERROR_DAYS of all versions
+    error = label_error(*agreement(connection, None, utc(until) - timedelta(days=LABEL_ERROR_DAYS), until))
+    found = rates(cells, level, draws, seed, (0.0, error, 0.0))
     items, agree = agreement(connection, version, since, until, arm)
-    notes = []
+    notes = [] if error else [f"labels taken as correct: fewer than {MIN_AGREEMENT_ITEMS} double-labelled REVIEW "
+                              "items, or full agreement"]
     if found["fnr"].value is None:
         notes.append("fnr: needs labelled (audited) images of every logged decision with inspections, and a "
                      "defective label")
@@ -315,6 +340,8 @@ def estimate(connection: sa.Connection, version: str | None, since: datetime, un
         notes.append("fpr: needs labelled images of every logged decision with inspections, and a normal label")
     if found["override"].value is None:
         notes.append("reject_override: needs REJECTs and labelled (audited) REJECTs")
+    from scipy import stats  # here: importing scipy.stats costs the service's start a second
+
     ci = stats.binomtest(agree, items).proportion_ci(level, method="wilson") if items else None
     if ci is None:
         notes.append("agreement: no REVIEW item with two labels")
@@ -324,7 +351,8 @@ def estimate(connection: sa.Connection, version: str | None, since: datetime, un
     return Estimate(
         utc(since), utc(until), version, arm, int(cells.size.sum()), int(cells.labelled.sum()),
         *(getattr(found[k], f) for k in ("fnr", "fpr", "override") for f in ("value", "low", "high")),
-        agree / items if items else None, ci and ci.low, ci and ci.high, items, level, grid, notes)
+        agree / items if items else None, ci and ci.low, ci and ci.high, items, level, grid, notes,
+        review_label_error=error)
 
 
 def publish(engine: sa.Engine, metrics, now: datetime | None = None) -> Estimate:

@@ -208,3 +208,5 @@ class ReviewFigures(BaseModel):
     level: float
     cells: dict = Field(description="'logged/evaluated' decision -> size, labelled, defective (sum of labels)")
     notes: list[str]
+    review_label_error: float = Field(description="per-inspector error rate on REVIEW images implied by their "
+                                      "agreement; labelled-defective counts there are corrected for it")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -65,6 +64,8 @@ def _number(x) -> float | None:
 @router.post("", response_model=RouteResponse)
 async def route(request: RouteRequest, active: Annotated[object, Depends(get_router)]) -> RouteResponse:
     """Routing decision and scores per product, in input order."""
+    import pandas as pd  # here: only services with an active-inspection model pay its import
+
     frame = pd.DataFrame.from_records(request.records)
     out = await run_in_threadpool(active.route, frame, request.budget, request.money, request.mode, request.rule)
     return RouteResponse(products=[Routed(decision=r["decision"], fault_score=_number(r["fault_score"]),
@@ -75,5 +76,7 @@ async def route(request: RouteRequest, active: Annotated[object, Depends(get_rou
 @router.post("/final", response_model=FinalResponse)
 async def final(request: Products, active: Annotated[object, Depends(get_router)]) -> FinalResponse:
     """Teacher probability where a product has its advanced results, else the basic probability."""
+    import pandas as pd
+
     scores = await run_in_threadpool(active.final_score, pd.DataFrame.from_records(request.records))
     return FinalResponse(final_score=[_number(s) for s in scores])
