@@ -6,7 +6,9 @@ CUDA and TensorRT where this onnxruntime build and a GPU have them. Every (model
 fresh process, so its peak resident memory (max RSS, host) is its own; where nvidia-smi exists, the GPU
 memory held by the process at the end is recorded too. Input: random images (latency does not depend on
 content). Needs the models of bench/anomaly/transistor_eval.py (seed 0, .pt and .onnx). Rows of (model,
-runtime) pairs not measured this time are kept from the earlier results.
+runtime) pairs not measured this time are kept from the earlier results. The timing loop is the one of
+``fabguard anomaly benchmark`` (:func:`fabguard.anomaly.benchmark.time_batches`), which measures one
+artifact on a user's own machine.
 
     OMP_WAIT_POLICY=PASSIVE python bench/anomaly/latency.py
 """
@@ -21,7 +23,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,8 +47,6 @@ def gpu_memory_mb() -> float | None:
 
 def worker(args) -> None:
     """Time one (model, runtime) pair; print one JSON line."""
-    import numpy as np
-
     base_rss = rss_mb()
     if args.runtime == "pytorch-eager-cpu":
         import torch
@@ -71,24 +70,12 @@ def worker(args) -> None:
 
         def run(x):
             return inspector.session.run(None, {"images": x})
-    rng = np.random.default_rng(args.seed)
-    rows = []
-    for batch in args.batches:
-        x = rng.random((batch, 3, size, size), dtype=np.float32)
-        for _ in range(args.warmup):
-            run(x)
-        times = []
-        for _ in range(args.runs):
-            start = time.perf_counter()
-            run(x)
-            times.append(time.perf_counter() - start)
-        per_image = np.array(times) * 1000 / batch
-        rows.append({"batch": batch, "runs": args.runs, "mean_ms_per_image": float(per_image.mean()),
-                     "median_ms_per_image": float(np.median(per_image)),
-                     "p99_ms_per_image": float(np.percentile(per_image, 99)),
-                     "images_per_s": float(batch / np.mean(times)), "peak_rss_mb_so_far": rss_mb()})
-        print(f"  {args.runtime} batch {batch}: mean {rows[-1]['mean_ms_per_image']:.2f} ms/image, "
-              f"P99 {rows[-1]['p99_ms_per_image']:.2f}", file=sys.stderr, flush=True)
+    from fabguard.anomaly.benchmark import time_batches  # the timing of `fabguard anomaly benchmark`
+
+    rows = time_batches(run, size, args.batches, args.runs, args.warmup, args.seed)
+    for row in rows:
+        print(f"  {args.runtime} batch {row['batch']}: mean {row['mean_ms_per_image']:.2f} ms/image, "
+              f"P99 {row['p99_ms_per_image']:.2f}", file=sys.stderr, flush=True)
     print(json.dumps({"rows": rows, "rss_after_imports_mb": base_rss, "peak_rss_mb": rss_mb(),
                       "gpu_memory_mb": gpu_memory_mb()}))
 

@@ -3,7 +3,7 @@
     python bench/serve/drift_bench.py                   # the full run: writes bench/results/serve/drift.md, .json
     python bench/serve/drift_bench.py --repeats 2 --fa-windows 40 --out /tmp/drift   # a quick run
 
-A real exported model (default: the bundled ``pca-wafer-v1.0.0``) scores each image with ONNX Runtime; its
+A real exported model (default: the bundled ``pca-wafer-v1.1.0``) scores each image with ONNX Runtime; its
 PASS images go through :func:`fabguard.serve.drift.compare` exactly as the service does (the newest
 ``--window`` PASS scores and 128-value embeddings against the model's validation reference), every
 ``--step`` images, as the service's periodic refresh would.
@@ -47,8 +47,10 @@ def stain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def stream(n: int, rng: np.random.Generator, size: int, brightness: float = 0.0, stain_share: float = 0.0) -> np.ndarray:
     """``n`` synthetic normal wafer images (N, 3, S, S) float32, shifted by ``brightness`` (clipped to [0, 1]),
-    a share ``stain_share`` of them with a stain."""
+    a share ``stain_share`` of them with a stain, rounded to 8 bits as the PNGs the service receives (and the
+    bundled model was trained on) are."""
     from fabguard.anomaly.synthetic import normal_image
+    from fabguard.serve.bundle import as_8bit
 
     grays = []
     for _ in range(n):
@@ -56,7 +58,7 @@ def stream(n: int, rng: np.random.Generator, size: int, brightness: float = 0.0,
         if stain_share and rng.random() < stain_share:
             image = stain(image, rng)
         grays.append(np.clip(image + brightness, 0, 1))
-    return np.repeat(np.stack(grays).astype(np.float32)[:, None], 3, axis=1)
+    return np.repeat(as_8bit(np.stack(grays))[:, None], 3, axis=1)
 
 
 def observe(inspector, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

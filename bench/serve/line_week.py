@@ -22,6 +22,12 @@ inspector, or the wafer itself) for a 0.1%-level FNR to be measurable at all. Th
   so it reconstructs defects and passes them) in shadow: the guardrail must roll it back;
 - days 6-7: production alone.
 
+Then MVTec transistor (``--transistor``, default ../shared/data/mvtec_ad_256/transistor): PatchCore (1%
+coreset, seed) fitted on ``train/good``, served by a second service instance with PASS audited at 20% and
+REJECT at 50% (40 defective test images are few: a larger audit share keeps the interval informative); the
+100 test images are replayed ``--replays`` times as different wafers, reviewed as above, and the review
+estimates of FNR / FPR are set beside the truth.
+
 Reports when each alert fired (drift alarm from ``/api/v1/drift``; REJECT rate per hour over 5%; guardrail
 and experiment events), the canary test's p-values and verdict, the guardrail rollback and how long it
 took, and the FNR / FPR estimates from reviews beside the truth. Writes bench/results/serve/line_week.md
@@ -55,7 +61,7 @@ TOKEN = "line-week-token"
 FLIP = 0.124  # per-inspector label flip on REVIEW items: (1 - q)^2 + q^2 = 0.78 agreement
 SIZE = 64  # the size the bundled model was trained at: other sizes change the noise, which is drift
 POINTS = 5  # images per wafer
-GOOD, BAD = "pca-wafer-v1.1.0", "pca-wafer-v1.2.0"
+GOOD, BAD = "pca-wafer-v1.2.0", "pca-wafer-v1.3.0"
 
 
 def free_port() -> int:
@@ -292,6 +298,51 @@ async def week(line: Line, args) -> dict:
     return found
 
 
+async def transistor(args, work: Path) -> dict:
+    """The transistor line: one model, real images, estimates vs truth."""
+    from fabguard.anomaly.export import export_onnx
+    from fabguard.anomaly.images import dataset_entries, load_dataset
+    from fabguard.anomaly.patchcore import PatchCoreDetector
+    from fabguard.client import Client
+
+    root = Path(args.transistor)
+    detector = PatchCoreDetector(coreset_ratio=0.01, seed=args.seed).fit(load_dataset(root, 256, "train").images)
+    artifact = export_onnx(detector, work / "patchcore-transistor.onnx", seed=args.seed)
+    entries = dataset_entries(root, "test")
+    env = {"FABGUARD_TOKEN": TOKEN, "FABGUARD_AUDIT_PASS_RATE": "0.2", "FABGUARD_AUDIT_REJECT_RATE": "0.5",
+           "FABGUARD_SECOND_LABEL_RATE": "0.2", "FABGUARD_REVIEW_SEED": str(args.seed), "OMP_WAIT_POLICY": "PASSIVE"}
+    (work / "transistor").mkdir()
+    server = Server(work / "transistor" / "home", env)
+    try:
+        with Client(server.url, token=TOKEN, timeout=120) as api:
+            version = "patchcore-transistor-v1.0.0"
+            api.register(artifact, version, {"auroc": 0.0, "auprc": 0.0, "fnr_at_fpr5": 1.0, "latency_ms_p50": 1.0,
+                                             "note": "bench model: promoted with --force, figures not measured"})
+            api.promote(version, force=True)
+            line = Line(api, args)
+            started = datetime.now(timezone.utc).isoformat()
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+                for replay in range(args.replays):
+                    for k, (path, kind, _mask) in enumerate(entries):
+                        r = await http.post("/api/v1/inspect", content=Path(path).read_bytes(),
+                                            params={"wafer_id": f"TR-{replay}-{k:03d}", "inspection_point": 0})
+                        r.raise_for_status()
+                        a = r.json()
+                        defective = int(kind != "good")
+                        line.truth[a["inspection_id"]] = (defective, kind if defective else "normal")
+                        line.answers.append({"inspection_id": a["inspection_id"], "decision": a["decision"],
+                                             "model_version": a["model_version"], "anomaly_score": a["anomaly_score"],
+                                             "index": line.count, "defective": defective})
+                        line.count += 1
+                    line.review()
+            line.review()
+            return {"version": version, "images": line.count, "replays": args.replays,
+                    "estimated": api.review_figures(since=started, version=version),
+                    "truth": truth_rates(line.answers)}
+    finally:
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-day", type=int, default=1200, help="images per simulated day")
@@ -300,6 +351,9 @@ def main() -> None:
     parser.add_argument("--audit-flip", type=float, default=0.0,
                         help="per-inspector label error on audited PASS / REJECT images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--transistor", default=str(ROOT.parent / "shared/data/mvtec_ad_256/transistor"),
+                        help="MVTec transistor folder ('' to skip)")
+    parser.add_argument("--replays", type=int, default=5, help="times the transistor test set is replayed")
     args = parser.parse_args()
     from fabguard.client import Client
 
@@ -329,6 +383,7 @@ def main() -> None:
                 events = api.events(limit=1000)
         finally:
             server.stop()
+        found["transistor"] = asyncio.run(transistor(args, work)) if args.transistor else None
     results = {"args": vars(args), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "candidates": {v: r for v, (_, r) in candidates.items()}, "timeline": line.timeline,
                "found": found, "estimated": estimated, "truth": truth, "events": events,
@@ -368,7 +423,8 @@ def write_md(r: dict) -> None:
         lab = e["labelled"][e["candidate"]["version"]]
         lines += ["", f"n = {e['candidate']['n']} / {e['production']['n']}; agreement {e['agreement']}; "
                   f"score KS {e['score_ks']}; candidate FNR {lab['fnr']} [{lab['fnr_low']}, {lab['fnr_high']}], "
-                  f"FPR {lab['fpr']}; recommend promotion: {e['recommend_promotion']} ({'; '.join(e['reasons'])})"]
+                  f"FPR {lab['fpr']}; recommend promotion: {e['recommend_promotion']} ({'; '.join(e['reasons'])}); "
+                  f"caveats: {'; '.join(e['caveats']) or '-'}"]
     lines += ["", "## FNR / FPR: estimated from reviews vs truth", "",
               "| scope | images | FNR est. [95%] | FNR true | FPR est. [95%] | FPR true | agreement |",
               "|---|---|---|---|---|---|---|"]
@@ -378,6 +434,17 @@ def write_md(r: dict) -> None:
         lines.append(f"| {scope} | {t['n']} | {fmt(est['fnr'])} [{fmt(est['fnr_low'])}, {fmt(est['fnr_high'])}] | "
                      f"{fmt(t['fnr'])} | {fmt(est['fpr'])} [{fmt(est['fpr_low'])}, {fmt(est['fpr_high'])}] | "
                      f"{fmt(t['fpr'])} | {fmt(est.get('agreement'))} |")
+    tr = f.get("transistor")
+    if tr:
+        est, t = tr["estimated"], tr["truth"]
+        lines += ["", f"## MVTec transistor: {tr['version']}, {tr['images']} inspections ({tr['replays']} replays of "
+                  "the 100 test images), PASS audited at 20%, REJECT at 50%", "",
+                  "| | FNR [95%] | FPR [95%] |", "|---|---|---|",
+                  f"| estimated from reviews | {fmt(est['fnr'])} [{fmt(est['fnr_low'])}, {fmt(est['fnr_high'])}] | "
+                  f"{fmt(est['fpr'])} [{fmt(est['fpr_low'])}, {fmt(est['fpr_high'])}] |",
+                  f"| truth | {fmt(t['fnr'])} | {fmt(t['fpr'])} |", "",
+                  f"Labelled {est['labelled']} of {est['inspections']}; REVIEW label error used "
+                  f"{est.get('review_label_error')}; notes: {'; '.join(est['notes']) or '-'}"]
     (OUT / "line_week.md").write_text("\n".join(lines) + "\n")
 
 

@@ -14,7 +14,7 @@ from fabguard.serve import db
 from fabguard.serve.experiments import canary_bucket, two_proportions
 from tests.serve.conftest import TOKEN
 
-DEFAULT = "pca-wafer-v1.0.0"
+DEFAULT = "pca-wafer-v1.1.0"
 CANDIDATE = "pca-small-v0.1.0"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -195,7 +195,7 @@ def test_models_cli_shadow_compare_stop(tmp_path, second_model, capsys):
     assert main(["models", "add", str(artifact), "--version", CANDIDATE, "--report", str(report), *home]) == 0
     capsys.readouterr()
     assert main(["models", "shadow", CANDIDATE, *home]) == 0
-    assert "experiment 1: shadow of pca-small-v0.1.0 beside pca-wafer-v1.0.0" in capsys.readouterr().out
+    assert "experiment 1: shadow of pca-small-v0.1.0 beside pca-wafer-v1.1.0" in capsys.readouterr().out
     assert main(["models", "canary", CANDIDATE, *home]) == 2
     assert "experiment 1 (shadow of pca-small-v0.1.0) is running" in capsys.readouterr().err
     assert main(["models", "compare", *home]) == 0

@@ -22,7 +22,7 @@ FIELDS = {"wafer_id", "inspection_point", "anomaly_score", "decision", "confiden
 
 def test_fresh_home_serves_the_bundled_model(client):
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["model_version"] == "pca-wafer-v1.0.0"
+    assert ready.status_code == 200 and ready.json()["model_version"] == "pca-wafer-v1.1.0"
     assert client.get("/healthz").json() == {"status": "alive", "model_version": None, "loaded": []}
     [model] = client.get("/api/v1/models").json()
     assert model["serving"] and model["loaded"] and len(model["sha256"]) == 64
@@ -35,7 +35,7 @@ def test_response_has_the_case_study_fields_and_is_logged(app_client, api, wafer
     answers = [api.inspect(im, "WF-2024-001234", 42 + i) for i, im in enumerate(images)]
     for answer, label in zip(answers, labels):
         assert set(answer) == FIELDS
-        assert answer["wafer_id"] == "WF-2024-001234" and answer["model_version"] == "pca-wafer-v1.0.0"
+        assert answer["wafer_id"] == "WF-2024-001234" and answer["model_version"] == "pca-wafer-v1.1.0"
         assert len(answer["latent_vector"]) == 128 and all(math.isfinite(v) for v in answer["latent_vector"])
         assert answer["heatmap_url"].startswith(f"/api/v1/heatmaps/WF-2024-001234-{answer['inspection_point']}-")
         assert 0.5 <= answer["confidence"] <= 1 and answer["inference_time_ms"] > 0
@@ -126,7 +126,7 @@ def test_metrics_after_inspections(client, api, wafer_images):
         api.inspect(im, "WF-M", i)
     client.get("/api/v1/inspections/" + "0" * 32)
     text = client.get("/metrics").text
-    version = 'model_version="pca-wafer-v1.0.0"'
+    version = 'model_version="pca-wafer-v1.1.0"'
     assert f'fabguard_inspections_total{{decision="REJECT",{version}}} {float(sum(labels))}' in text
     assert f'fabguard_anomaly_score_count{{{version}}} {float(len(images))}' in text
     assert f'fabguard_log_write_seconds_count {float(len(images))}' in text

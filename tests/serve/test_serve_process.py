@@ -49,7 +49,7 @@ def test_fresh_install_serves_metrics_and_survives_kill_9(tmp_path, wafer_images
                     return
     try:
         metrics = api.http.get("/metrics").text
-        assert 'fabguard_model_serving{model_version="pca-wafer-v1.0.0"} 1.0' in metrics
+        assert 'fabguard_model_serving{model_version="pca-wafer-v1.1.0"} 1.0' in metrics
         threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()

@@ -108,7 +108,7 @@ def test_body_over_the_limit_is_413(settings, wafer_images):
                                             ({"Authorization": "Bearer wrong"}, "wrong bearer token"),
                                             ({"Authorization": "Basic abc"}, "bearer token is required")])
 def test_write_endpoints_need_the_token(client, headers, words):
-    for method, url in (("POST", "/api/v1/models/rollback"), ("POST", "/api/v1/models/pca-wafer-v1.0.0/promote"),
+    for method, url in (("POST", "/api/v1/models/rollback"), ("POST", "/api/v1/models/pca-wafer-v1.1.0/promote"),
                         ("POST", "/api/v1/models")):
         refused(client.request(method, url, headers=headers), 401, words)
 
@@ -138,7 +138,7 @@ def test_registry_refusals(client, second_model, tmp_path):
     with open(artifact, "rb") as f:
         refused(client.post("/api/v1/models", headers=auth, data={**form, "report": __import__("json").dumps(report)},
                             files={"artifact": ("m.onnx", f)}), 409, "already registered")
-    assert client.get("/readyz").json()["model_version"] == "pca-wafer-v1.0.0"
+    assert client.get("/readyz").json()["model_version"] == "pca-wafer-v1.1.0"
     with pytest.raises(ServiceError) as info:
         from fabguard.client import Client
 

@@ -13,7 +13,7 @@ from fabguard.cli import main
 from fabguard.client import Client
 from tests.serve.conftest import TOKEN
 
-DEFAULT = "pca-wafer-v1.0.0"
+DEFAULT = "pca-wafer-v1.1.0"
 
 
 def test_promote_and_rollback_under_load_fail_no_request(live_server, second_model, wafer_images):
@@ -56,7 +56,7 @@ def test_promote_and_rollback_under_load_fail_no_request(live_server, second_mod
     for version in versions:
         assert len({a["anomaly_score"] for _, a in answers if a["model_version"] == version}) == 1
     rollback_seconds = max(end - start for start, end in switches)
-    assert rollback_seconds < 1.0  # the case study allows 30 s
+    assert rollback_seconds < 30  # the case study's limit; the bench measures the actual time
     logged = admin.inspections(wafer_id="WF-LOAD", limit=1000)
     assert len(logged) == min(len(answers), 1000)
 

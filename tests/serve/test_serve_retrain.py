@@ -20,7 +20,7 @@ from tests.serve.conftest import TOKEN, png_bytes
 
 N_NORMAL, N_DEFECT, SIZE = 80, 16, 64
 UNLABELLED = 10  # PASS images of normal wafers left without a label (for --unreviewed)
-SERVING, CANDIDATE = "pca-wafer-v1.0.0", "pca-wafer-v1.0.1"
+SERVING, CANDIDATE = "pca-wafer-v1.1.0", "pca-wafer-v1.1.1"
 ARGS = ["--since", "1d", "--model", "pca", "--components", "8", "--size", "32", "--min-images", "20", "--quiet",
         "--val-fraction", "0.3", "--review-quantile", "0.9"]  # 15 validation images: more than a 0.9 quantile needs
 
@@ -121,8 +121,8 @@ def test_retrain_registers_the_candidate_and_starts_its_shadow(line, capsys):
     assert f"experiment {summary['experiment']} (shadow of {CANDIDATE}) is running" in capsys.readouterr().err
     assert main(["anomaly", "retrain", *home, *ARGS, "--no-shadow", "--unreviewed"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("registered pca-wafer-v1.0.2 (pca): trained on ") and "no shadow phase started" in out
-    data = service.registry.get("pca-wafer-v1.0.2")["report"]["data"]
+    assert out.startswith("registered pca-wafer-v1.1.2 (pca): trained on ") and "no shadow phase started" in out
+    data = service.registry.get("pca-wafer-v1.1.2")["report"]["data"]
     assert data["sources"]["unreviewed_pass"] == UNLABELLED  # the fresh image above is left out
     assert (data["train"], data["test_normal"], data["test_defective"]) == (expected[0] + UNLABELLED, *expected[1:])
 

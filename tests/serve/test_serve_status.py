@@ -85,6 +85,7 @@ def test_status_page_draws_every_panel_in_a_browser(browser, served, wafer_image
     for i, image in enumerate(images):  # real inspections: the latency histogram gets observations
         _post(f"{served.url}/api/v1/inspect?wafer_id=WF-S&inspection_point={i}", image)
     time.sleep(0.6)  # a few monitor ticks (monitor_seconds = 0.2)
+    browser.get_log("browser")  # the session's browser: drop what earlier pages logged
     browser.get(served.url + "/status")
     WebDriverWait(browser, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
     drawn = {box.get_attribute("id"): int(box.find_element(By.TAG_NAME, "svg").get_attribute("data-points"))

@@ -1,4 +1,4 @@
-"""``fabguard anomaly train | evaluate | export | inspect | synthetic``.
+"""``fabguard anomaly train | evaluate | export | inspect | benchmark | score | synthetic``.
 
 Heavy imports (torch, onnxruntime) happen inside the command functions so that help stays fast. The
 ``--model`` choices of ``train`` come from :mod:`fabguard.registry`, and each detector's own flags
@@ -62,6 +62,8 @@ def register(subparsers) -> None:
                         "the galleries' references) or a CSV of path,label[,defect_type] (label 0 normal, 1 "
                         "defective); without masks the pixel metrics are reported as not available")
     p.add_argument("--out", required=True, help="output folder (new, or an earlier evaluation's)")
+    p.add_argument("--normals", help="folder of normal images for the galleries' nearest-normal references "
+                                     "(PatchCore, feature VAE); default: train/good of an MVTec-layout --data")
     p.add_argument("--gallery", type=typed(int, POSITIVE_INT), default=6, help="images per error gallery (default 6)")
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
@@ -97,6 +99,44 @@ def register(subparsers) -> None:
     p.add_argument("--provider", action="append", help="ONNX Runtime provider to use (default: best available)")
     _add_common(p)
     p.set_defaults(func=cmd_inspect)
+
+    p = subparsers.add_parser("benchmark", help="latency, throughput, size and memory of an artifact here",
+                              description="Measure an exported artifact on this machine: mean / P50 / P99 latency "
+                                          "per image and throughput per batch size, model size and peak memory, "
+                                          "per provider (each in a fresh process); prints a table.")
+    p.add_argument("--artifact", required=True, help="ONNX file written by `fabguard anomaly export`")
+    p.add_argument("--provider", action="append", choices=("cpu", "cuda", "tensorrt", "tensorrt-fp16"),
+                   help="provider to measure; repeat for several (default: every one this onnxruntime has)")
+    p.add_argument("--batch", default="1,8,32,64", help="batch sizes, comma separated (default 1,8,32,64)")
+    p.add_argument("--runs", type=typed(int, POSITIVE_INT), default=100, help="timed runs per batch size (default 100)")
+    p.add_argument("--warmup", type=typed(int, POSITIVE_INT), default=3,
+                   help="untimed runs before them (default 3; the first builds a TensorRT engine)")
+    p.add_argument("--threads", type=typed(int, POSITIVE_INT), help="CPU threads (default: ONNX Runtime's)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    _add_common(p)
+    p.set_defaults(func=cmd_benchmark)
+
+    p = subparsers.add_parser("score", help="score a folder tree or archive of images into Parquet (resumable)",
+                              description="Score every image of folder trees, image files and zip / tar archives "
+                                          "with an ONNX artifact, streaming in chunks with parallel decoding; "
+                                          "writes a folder of Parquet parts (path, score, decision, error, "
+                                          "optional heatmap statistics), one part per chunk, each written whole. "
+                                          "Run again after an interruption: paths already scored are skipped.")
+    p.add_argument("--artifact", required=True, help="ONNX file written by `fabguard anomaly export`")
+    p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or .zip / .tar archives")
+    p.add_argument("--out", required=True, help="output folder of Parquet parts (pandas.read_parquet reads it)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: Ray Data actors, one runtime session each (default local)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: a running one, else a local one)")
+    p.add_argument("--chunk", type=typed(int, POSITIVE_INT), default=256, help="images per part file (default 256)")
+    p.add_argument("--workers", type=typed(int, POSITIVE_INT),
+                   help="decoding threads (local) or Ray actors (ray); default: one per CPU")
+    p.add_argument("--threads", type=typed(int, POSITIVE_INT),
+                   help="ONNX Runtime threads per session (default: ONNX Runtime's; 1 per Ray actor)")
+    p.add_argument("--provider", action="append", help="ONNX Runtime provider to use (default: best available)")
+    p.add_argument("--heatmap-stats", action="store_true", help="add heatmap_max, heatmap_mean, heatmap_p99")
+    _add_common(p)
+    p.set_defaults(func=cmd_score)
 
     p = subparsers.add_parser("synthetic", help="write a synthetic wafer-like dataset to try the commands",
                               description="Write an MVTec-layout dataset of synthetic wafer-like textures with "
@@ -197,7 +237,9 @@ def cmd_evaluate(args) -> int:
     from fabguard.anomaly.base import Detector
     from fabguard.anomaly.evaluate import NO_MASKS, comparison_table, evaluate, labelled_entries, load_labelled, \
         write_comparison
-    from fabguard.anomaly.images import NORMAL, load_dataset
+    import numpy as np
+
+    from fabguard.anomaly.images import NORMAL, list_images, load_dataset
     from fabguard.outputs import atomic_dir, check_output
 
     _seed(args)
@@ -209,11 +251,21 @@ def cmd_evaluate(args) -> int:
         raise InputError(f"output folder {out}: exists and is not an earlier evaluation (no all_metrics.json); "
                          "it would be replaced, so choose a new folder")
     _, has_masks = labelled_entries(args.data)  # the whole test set is checked before any model is loaded
+    normals = args.normals or (Path(args.data) / "train" / NORMAL if Path(args.data).is_dir() else None)
+    if args.normals:
+        list_images(Path(args.normals))
     detectors = [(name, Detector.load(m)) for name, m in zip(names, args.model)]
     sizes = {d.input_size for _, d in detectors}
-    with_normals = Path(args.data).is_dir() and (Path(args.data) / "train" / NORMAL).is_dir()
+    if normals is None or not Path(normals).is_dir():
+        normals = None
+        for name, detector in detectors:  # a detector whose gallery reference needs normals refuses at once
+            try:
+                detector.reference(np.zeros((1, 3, detector.input_size, detector.input_size), np.float32), None)
+            except InputError as exc:
+                raise InputError(f"{name}: {exc}; give --normals FOLDER (e.g. its training images)") from None
     data = {s: (load_labelled(args.data, s, progress=not args.quiet),
-                load_dataset(args.data, s, "train", progress=not args.quiet) if with_normals else None) for s in sizes}
+                None if normals is None else load_dataset(normals, s, "train", progress=not args.quiet))
+            for s in sizes}
     results = []
     with atomic_dir(out) as tmp:
         for name, detector in detectors:
@@ -265,7 +317,8 @@ def cmd_export(args) -> int:
         from fabguard.anomaly.triton import write_repository
 
         plan = args.tensorrt if args.triton_platform == "tensorrt_plan" else None
-        print(f"wrote Triton model {write_repository(out, args.triton, args.triton_name, args.triton_version, args.triton_platform, plan)}")
+        folder = write_repository(out, args.triton, args.triton_name, args.triton_version, args.triton_platform, plan)
+        print(f"wrote Triton model {folder}")
     return 0
 
 
@@ -297,6 +350,31 @@ def cmd_inspect(args) -> int:
         with atomic_path(args.heatmaps) as tmp:
             with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, **{f"{i:05d}_{f.name}": h for i, (f, h) in enumerate(zip(files, result.heatmaps))})
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from fabguard.anomaly.benchmark import benchmark, parse_batches, table, write_json
+    from fabguard.outputs import check_output
+
+    batches = parse_batches(args.batch)
+    if args.json:
+        check_output(args.json, "--json file", inputs=[args.artifact])
+    report = benchmark(args.artifact, args.provider, batches, args.runs, args.warmup, args.seed, args.threads)
+    print(table(report), end="")
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from fabguard.anomaly.batch_score import score_archive
+
+    counts = score_archive(args.artifact, args.images, args.out, args.engine, args.chunk, args.workers, args.threads,
+                           args.provider, args.heatmap_stats, progress=not args.quiet, ray_address=args.ray_address)
+    print(f"{counts['images']} images: {counts['skipped']} already in {args.out}, {counts['scored']} scored into "
+          f"{counts['parts']} new part(s), {counts['errors']} could not be decoded (decision ERROR)")
     return 0
 
 

@@ -50,7 +50,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="fdr: below median - margin, Benjamini-Hochberg at --alpha (default); paper: below "
                              "the mean yield with p < --alpha, at most --max-candidates")
     detect.add_argument("--resamples", type=typed(int, RESAMPLES), default=30,
-                        help="--interval bootstrap: resamples; paper: subsets; at least 2 (default 30)")
+                        help="--interval bootstrap (and information on data with fewer batches than parameters): "
+                             "resamples; paper: subsets; at least 2 (default 30)")
     detect.add_argument("--fraction", type=typed(float, YIELD), default=0.8,
                         help="--interval paper: share of batches per subset, in (0, 1] (default 0.8)")
     detect.add_argument("--alpha", type=typed(float, PROBABILITY_OPEN), default=0.05,
@@ -114,7 +115,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     size.add_argument("--reps", type=typed(int, POSITIVE_INT), default=20,
                       help="simulations per batch count (default 20)")
     size.add_argument("--resamples", type=typed(int, RESAMPLES), default=30,
-                      help="EM resamples, at least 2 (default 30)")
+                      help="bootstrap resamples, used where a data set has too few batches for the information "
+                           "interval; at least 2 (default 30)")
     size.add_argument("--alpha", type=typed(float, PROBABILITY_OPEN), default=0.05, help="in (0, 1) (default 0.05)")
     size.add_argument("--max-batches", type=typed(int, POSITIVE_INT), default=None,
                       help="give up above this (default 64 x machines)")

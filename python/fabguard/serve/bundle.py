@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 FOLDER = Path(__file__).with_name("default_model")
-VERSION = "pca-wafer-v1.0.0"
+VERSION = "pca-wafer-v1.1.0"
 SIZE, COMPONENTS, SEED, N_NORMAL = 64, 16, 0, 1000
 
 

@@ -219,7 +219,8 @@ def _verdict(p: float | None, candidate: float | None, production: float | None)
 def compare(c, experiment: dict, settings: Settings) -> dict:
     """REJECT and REVIEW rates with a two-sided two-proportion test (p < 0.01 calls a difference), decision
     agreement and score KS test (shadow: the same images), latency, and miss / false-alarm rates against
-    reviewed labels, with the promotion recommendation. Shadow compares the two models on the same images;
+    reviewed labels, with the promotion recommendation (on the point estimates; ``caveats`` says where an
+    interval still reaches past a target). Shadow compares the two models on the same images;
     canary compares the candidate's wafers with production's wafers over the same period."""
     from scipy.stats import ks_2samp
 
@@ -266,6 +267,9 @@ def compare(c, experiment: dict, settings: Settings) -> dict:
                 if t["verdict"] == "candidate worse"]
     if min(p_rates["n"], c_rates["n"]) < settings.compare_min_images:
         reasons.append(f"fewer than {settings.compare_min_images} images per model")
+    caveats = [f"{k.upper()} interval's upper end {mine[f'{k}_high']:.4f} is above the target {targets[k]}: the "
+               "labels so far cannot confirm it (more audited images narrow it)"
+               for k in ("fnr", "fpr") if mine[f"{k}_high"] is not None and mine[f"{k}_high"] > targets[k]]
     latency = {name: ({"p50": float(np.percentile(v[:, 1], 50)), "p99": float(np.percentile(v[:, 1], 99))}
                       if len(v) else None) for name, v in (("candidate", other), ("production", prod))}
     return {"experiment": experiment, "candidate": {"version": cand, **c_rates}, "production": {"version": base, **p_rates},
@@ -273,4 +277,4 @@ def compare(c, experiment: dict, settings: Settings) -> dict:
             "agreement": float(np.mean(prod_dec == cand_dec)) if experiment["mode"] == "shadow" and len(rows) else None,
             "score_ks": {"statistic": float(ks.statistic), "p_value": float(ks.pvalue)} if ks else None,
             "inference_ms": latency, "labelled": labelled, "targets": targets,
-            "recommend_promotion": not reasons, "reasons": reasons}
+            "recommend_promotion": not reasons, "reasons": reasons, "caveats": caveats}

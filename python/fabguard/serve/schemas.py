@@ -97,7 +97,8 @@ class Comparison(BaseModel):
     labelled: dict = Field(description="FNR / FPR of each model against reviewed labels, with intervals")
     targets: dict
     recommend_promotion: bool
-    reasons: list[str]
+    reasons: list[str] = Field(description="why promotion is not recommended (empty when it is)")
+    caveats: list[str] = Field(description="targets met by the point estimates but not yet by their intervals")
 
 
 class EventRecord(BaseModel):

@@ -31,7 +31,7 @@ from fabguard.serve.schemas import (INSPECTOR, LabelIn, LabelRecord, Problem, Re
 STATIC = FilePath(__file__).resolve().parent.parent / "static"
 PAGE_FILES = {"review.js": "text/javascript", "review.css": "text/css"}
 # the page loads only from this service: scripts and styles from /review/, images as blob: URLs it fetched
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
        "form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
 PROBLEMS = {401: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem},
             503: {"model": Problem}}
