@@ -310,7 +310,9 @@ async def transistor(args, work: Path) -> dict:
     artifact = export_onnx(detector, work / "patchcore-transistor.onnx", seed=args.seed)
     entries = dataset_entries(root, "test")
     env = {"FABGUARD_TOKEN": TOKEN, "FABGUARD_AUDIT_PASS_RATE": "0.2", "FABGUARD_AUDIT_REJECT_RATE": "0.5",
-           "FABGUARD_SECOND_LABEL_RATE": "0.2", "FABGUARD_REVIEW_SEED": str(args.seed), "OMP_WAIT_POLICY": "PASSIVE"}
+           "FABGUARD_SECOND_LABEL_RATE": "0.2", "FABGUARD_REVIEW_SEED": str(args.seed), "OMP_WAIT_POLICY": "PASSIVE",
+           "FABGUARD_REVIEW_DEFECT_TYPES": json.dumps(sorted({kind for _, kind, _ in entries if kind != "good"})
+                                                      + ["other"])}
     (work / "transistor").mkdir()
     server = Server(work / "transistor" / "home", env)
     try:
