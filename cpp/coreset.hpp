@@ -16,7 +16,8 @@ float squared_distance(const float* a, const float* b, int64_t d);
 // point whose squared_distance to its nearest chosen point is largest (the smallest index on a
 // tie). The result is exactly that of the exhaustive loop over all points with squared_distance;
 // triangle-inequality bounds only skip distances that provably cannot change it, with a margin for
-// float32 rounding. Same result for any thread count. Memory: O(n + k d) beyond x.
+// float32 rounding. Same result for any thread count. Memory: a copy of x (its rows move with the
+// clusters) and O(n + k d) more.
 // poll(steps_done) is called about every 200 ms from the calling thread; false cancels, and the
 // function then returns the indices chosen so far. Throws std::invalid_argument, before any work,
 // unless n, d >= 1, 1 <= k <= n, 0 <= start < n, threads >= 1 and every value of x is finite and
