@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "coreset.hpp"
 #include "em.hpp"
 #include "production.hpp"
 #include "simulate.hpp"
@@ -237,6 +238,30 @@ py::dict simulate_py(const SimConfig& config) {
     return out;
 }
 
+// Greedy k-centre coreset of float32 features (n, d), read in place: dtype and layout are refused,
+// not converted, so a caller never pays a hidden copy of a large feature matrix.
+py::array_t<int64_t> kcenter_greedy_py(py::array features, int64_t k, int64_t start, int threads,
+                                       py::object progress) {
+    if (!features.dtype().is(py::dtype::of<float>()))
+        throw std::invalid_argument("features must be float32, got " + std::string(py::str(features.dtype())));
+    if (features.ndim() != 2)
+        throw std::invalid_argument("features must be 2-d (points, dimensions), got " +
+                                    std::to_string(features.ndim()) + "-d");
+    if (!(features.flags() & py::array::c_style)) throw std::invalid_argument("features must be C-contiguous");
+    if (threads < 1 || threads > kMaxThreads)
+        throw std::invalid_argument("threads must be in [1, " + std::to_string(kMaxThreads) + "]");
+    const auto* x = static_cast<const float*>(features.data());
+    const int64_t n = features.shape(0), d = features.shape(1);
+    Poller poller{std::move(progress), nullptr};
+    std::vector<int64_t> chosen;
+    {
+        py::gil_scoped_release release;
+        chosen = kcenter_greedy(x, n, d, k, start, threads, [&poller](int64_t done) { return poller(done); });
+    }
+    poller.rethrow();
+    return to_numpy(std::move(chosen));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -311,4 +336,11 @@ PYBIND11_MODULE(_core, m) {
 
     m.def("simulate", &simulate_py, py::arg("config"),
           "Simulate production data and its truth (see SimConfig); returns a dict of arrays.");
+
+    m.def("kcenter_greedy", &kcenter_greedy_py, py::arg("features"), py::arg("k"), py::arg("start"),
+          py::arg("threads") = 1, py::arg("progress") = py::none(),
+          "Indices (k,) of a greedy k-centre coreset of float32 features (n, d): start, then each time the "
+          "point farthest (squared Euclidean, float32, fixed summation order) from those chosen, the "
+          "smallest index on a tie; the same for any thread count. progress(steps_done) is called "
+          "about every 200 ms.");
 }

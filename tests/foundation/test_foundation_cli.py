@@ -53,8 +53,10 @@ def test_ctrl_c_in_the_first_second_prints_no_traceback(argv, delay):
     # Python re-raises SIGINT at exit when an interrupt was pending during shutdown); or it had already
     # finished before the signal: 0
     assert proc.returncode in (0, 130, -signal.SIGINT), (proc.returncode, err)
-    if proc.returncode != 0:
+    if proc.returncode == 130:
         assert err.strip().endswith("fabguard: interrupted"), err
+    elif proc.returncode == -signal.SIGINT:  # the signal landed after the command ended, in interpreter shutdown
+        assert err.strip() in ("", "fabguard: interrupted"), err
 
 
 def test_a_reader_that_goes_away_is_not_an_error():

@@ -250,8 +250,9 @@ def test_figures_by_hand(engine):
     for k, r in enumerate(rejects[:10]):
         label(engine, r["id"], "ann", "defective" if k < 8 else "normal")
     with engine.connect() as c:
-        found = review.estimate(c, None, T0 - timedelta(hours=1), T0 + timedelta(hours=1))
-        later = review.estimate(c, None, T0 + timedelta(seconds=1), T0 + timedelta(hours=1))
+        # labels taken as given (prior_error=0): the figures below are worked out by hand without correction
+        found = review.estimate(c, None, T0 - timedelta(hours=1), T0 + timedelta(hours=1), prior_error=0.0)
+        later = review.estimate(c, None, T0 + timedelta(seconds=1), T0 + timedelta(hours=1), prior_error=0.0)
     missed, flagged = 100 * 1 / 10, 11.5 + 30 * 8 / 10
     normal = 100 * 9 / 10 + 8.5 + 30 * 2 / 10
     assert found.fnr == pytest.approx(missed / (missed + flagged), rel=1e-12)  # 10 / 45.5
@@ -283,9 +284,9 @@ def test_figures_of_a_shadow_candidate_and_an_arm(engine):
                                               for r in passes + rejects])
     window = T0 - timedelta(hours=1), T0 + timedelta(hours=1)
     with engine.connect() as c:
-        production = review.estimate(c, "pca-wafer-v1.1.0", *window)
-        candidate = review.estimate(c, "pca-small-v0.1.0", *window)
-        canary_arm = review.estimate(c, "pca-small-v0.1.0", *window, arm="canary")
+        production = review.estimate(c, "pca-wafer-v1.1.0", *window, prior_error=0.0)
+        candidate = review.estimate(c, "pca-small-v0.1.0", *window, prior_error=0.0)
+        canary_arm = review.estimate(c, "pca-small-v0.1.0", *window, arm="canary", prior_error=0.0)
     assert production.fnr == 0 and production.fnr_low == 0 and production.fnr_high > 0
     assert production.reject_override == pytest.approx(0.2, rel=1e-12)
     # 40 shadowed PASS (all normal), 10 shadowed REJECT (8 defective), 5 canary PASS (1 defective): all PASSed
@@ -424,7 +425,8 @@ def test_label_error_from_agreement_and_the_correction_it_makes():
     """q from a = (1 - q)^2 + q^2; then normal REVIEW images that a candidate PASSes, 12.4% of them labelled
     defective by error, are no longer counted as its misses (exact arithmetic on the point estimate)."""
     assert review.label_error(100, 78) == pytest.approx((1 - np.sqrt(0.56)) / 2, abs=1e-15)
-    assert review.label_error(9, 7) == 0.0  # too few double-labelled items to say
+    assert review.label_error(9, 7) == review.PRIOR_LABEL_ERROR  # too few double-labelled items: the prior
+    assert (1 - review.PRIOR_LABEL_ERROR) ** 2 + review.PRIOR_LABEL_ERROR ** 2 == pytest.approx(0.78, abs=0.005)
     assert review.label_error(40, 20) == 0.0  # chance-level agreement: nothing to correct with
     size, labelled, defective = np.zeros((3, 3)), np.zeros((3, 3)), np.zeros((3, 3))
     size[1, 0] = labelled[1, 0] = 100  # production REVIEW, candidate PASS: all normal, 12.4 labelled defective

@@ -65,25 +65,19 @@ class PatchCoreScorer(nn.Module):
 
 
 def greedy_coreset(features: torch.Tensor, size: int, seed: int, progress: bool = False) -> torch.Tensor:
-    """Indices of a k-centre greedy coreset: each step adds the point farthest from those chosen.
-
-    Buffers are reused in the loop: allocating per step made it many times slower on small CPUs.
+    """Indices of a k-centre greedy coreset: a seeded random start, then each time the point farthest
+    from those chosen (the compiled core's ``kcenter_greedy``: float32, exact, on torch's thread count
+    with the same result for any; triangle-inequality bounds skip most distances, see cpp/coreset.cpp).
     """
+    from fabguard import _core
+
     m = len(features)
     size = min(size, m)
-    sq = (features * features).sum(1)
     start = int(torch.randint(m, (1,), generator=torch.Generator().manual_seed(seed)))
-    buffer = torch.empty(m)
-    nearest = torch.mv(features, features[start]).mul_(-2).add_(sq).add_(sq[start])
-    chosen = torch.empty(size, dtype=torch.long)
-    chosen[0] = start
-    for step in tqdm(range(1, size), desc="coreset", disable=not progress, leave=False, mininterval=1.0):
-        index = int(torch.argmax(nearest))
-        chosen[step] = index
-        torch.mv(features, features[index], out=buffer)
-        buffer.mul_(-2).add_(sq).add_(sq[index])
-        torch.minimum(nearest, buffer, out=nearest)
-    return chosen
+    with tqdm(total=size, desc="coreset", disable=not progress, leave=False, mininterval=1.0) as bar:
+        chosen = _core.kcenter_greedy(features.detach().contiguous().numpy(), size, start,
+                                      threads=torch.get_num_threads(), progress=lambda done: bar.update(done - bar.n))
+    return torch.from_numpy(chosen)
 
 
 class PatchCoreDetector(Detector):
@@ -129,11 +123,12 @@ class PatchCoreDetector(Detector):
         return self
 
     def _model_bytes(self, n_images):
-        """Every training patch's feature vector (the coreset runs over all of them), and its copies."""
+        """Every training patch's feature vector (the coreset runs over all of them), the coreset's copy,
+        chosen rows and 36 bytes of bookkeeping per patch (cpp/coreset.cpp), and the backbone's batch."""
         crop = self.crop_size or self.input_size
         dim = sum(block_shapes()[i][0] for i in self.layers)
-        first = block_stride(self.layers[0])
-        return 4.0 * 2 * n_images * (crop // first) ** 2 * dim + 4.0 * self.batch_size * 100 * crop ** 2
+        n_patches = n_images * (crop // block_stride(self.layers[0])) ** 2
+        return n_patches * (4.0 * dim * (2 + self.coreset_ratio) + 36) + 4.0 * self.batch_size * 100 * crop ** 2
 
     def _scorer(self, bank_size: int, pretrained: bool) -> PatchCoreScorer:
         features = EfficientNetFeatures(tuple(self.layers), pretrained)

@@ -140,15 +140,16 @@ class Experiments:
                 self.stop(row["id"], "promoted")
             except Conflict:  # another replica recorded it first
                 pass
-            row = None
-        current = self.running
-        if row is None:
-            if current is not None:
+        with self._lock:  # read and set together: a stop in between must not be undone by a stale read
+            with self.engine.connect() as c:
+                row = self._running_row(c)
+            current = self.running
+            if row is None:
                 self.running = None
-                self.metrics.experiment(None)
-        elif current is None or current.id != row["id"]:
-            self.running = Running(row["id"], row["mode"], row["share"], self.registry.load(row["candidate"]),
-                                   row["baseline"])
+            elif current is None or current.id != row["id"]:
+                self.running = Running(row["id"], row["mode"], row["share"], self.registry.load(row["candidate"]),
+                                       row["baseline"])
+        if self.running is not current:
             self.metrics.experiment(self.running)
 
     # --- the guardrail ---------------------------------------------------------------------------------

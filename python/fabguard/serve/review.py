@@ -39,6 +39,7 @@ LABELS = ("normal", "defective")
 PASS, REJECT = 0, 2
 MIN_AGREEMENT_ITEMS = 10  # double-labelled REVIEW items needed before their agreement corrects the labels
 LABEL_ERROR_DAYS = 30  # the inspectors' error rate is measured over this many days before a window's end
+PRIOR_LABEL_ERROR = 0.124  # until measured: the case study's 78% agreement on REVIEW images, (1-q)^2 + q^2
 
 
 def chosen(seed: int, purpose: str, inspection_id: str, rate: float) -> bool:
@@ -170,11 +171,15 @@ def _point(cells: Cells, needed: np.ndarray) -> np.ndarray | None:
     return size * np.where(n > 0, share, row_share)
 
 
-def label_error(items: int, agree: int, min_items: int = MIN_AGREEMENT_ITEMS) -> float:
+def label_error(items: int, agree: int, min_items: int = MIN_AGREEMENT_ITEMS,
+                prior: float = PRIOR_LABEL_ERROR) -> float:
     """Per-inspector error rate ``q`` implied by two-inspector agreement ``a`` when both err independently
-    and symmetrically: a = (1 - q)^2 + q^2, so q = (1 - sqrt(2a - 1)) / 2 (0 with fewer than ``min_items``
-    double-labelled items, or when a <= 0.5: agreement at chance level, where no correction is possible)."""
-    if items < min_items or 2 * agree <= items:
+    and symmetrically: a = (1 - q)^2 + q^2, so q = (1 - sqrt(2a - 1)) / 2; ``prior`` with fewer than
+    ``min_items`` double-labelled items; 0 when a <= 0.5 (agreement at chance level: no correction is
+    possible)."""
+    if items < min_items:
+        return prior
+    if 2 * agree <= items:
         return 0.0
     return float((1 - np.sqrt(2 * agree / items - 1)) / 2)
 
@@ -316,7 +321,8 @@ def agreement(connection: sa.Connection, version: str | None, since: datetime, u
 
 
 def estimate(connection: sa.Connection, version: str | None, since: datetime, until: datetime | None = None, *,
-             arm: str | None = None, level: float = 0.95, draws: int = 4000, seed: int = 0) -> Estimate:
+             arm: str | None = None, level: float = 0.95, draws: int = 4000, seed: int = 0,
+             prior_error: float = PRIOR_LABEL_ERROR) -> Estimate:
     """The review figures of inspections made in [since, until) (until: now when None) for ``version``'s
     decisions (the logged decisions of all versions when None; a candidate's shadow decisions count as its
     own), optionally of one ``arm`` (production / canary). Labels given later update a past window's
@@ -328,11 +334,13 @@ def estimate(connection: sa.Connection, version: str | None, since: datetime, un
         raise InputError(f"window: until ({until.isoformat()}) must be after since ({since.isoformat()})")
     cells = cells_of(connection, version, since, until, arm)
     # inspectors err on images, not on models: their error comes from the last LABEL_ERROR_DAYS of all versions
-    error = label_error(*agreement(connection, None, utc(until) - timedelta(days=LABEL_ERROR_DAYS), until))
+    measured, agreed = agreement(connection, None, utc(until) - timedelta(days=LABEL_ERROR_DAYS), until)
+    error = label_error(measured, agreed, prior=prior_error)
     found = rates(cells, level, draws, seed, (0.0, error, 0.0))
     items, agree = agreement(connection, version, since, until, arm)
-    notes = [] if error else [f"labels taken as correct: fewer than {MIN_AGREEMENT_ITEMS} double-labelled REVIEW "
-                              "items, or full agreement"]
+    notes = [f"REVIEW label error {error:.3f}: " + (
+        f"from the agreement of {measured} double-labelled REVIEW items" if measured >= MIN_AGREEMENT_ITEMS else
+        f"the prior (fewer than {MIN_AGREEMENT_ITEMS} double-labelled REVIEW items in {LABEL_ERROR_DAYS} days)")]
     if found["fnr"].value is None:
         notes.append("fnr: needs labelled (audited) images of every logged decision with inspections, and a "
                      "defective label")

@@ -1,0 +1,249 @@
+"""PatchCore's greedy coreset: the compiled core (cpp/coreset.cpp) vs the former PyTorch loop.
+
+On MVTec AD transistor's training patches (seed-0 split, 232-dim efficientnet-lite0 features):
+selection alone at several sizes (C++ on 1 and 2 threads, the former loop where it is run), the extra
+peak memory of the selection per patch (child processes, synthetic patches made from the real ones),
+and the whole ``PatchCoreDetector.fit`` with its image AUROC per seed. The former fit's numbers are
+those recorded by bench/anomaly/transistor_eval.py before this change (all_metrics.json). CPU
+seconds are reported beside wall seconds: the 2 cores are shared, so wall time depends on the load.
+
+    OMP_WAIT_POLICY=PASSIVE python bench/anomaly/coreset_speed.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from fabguard import _core
+from fabguard.anomaly.images import load_dataset, split
+from fabguard.anomaly.patchcore import PatchCoreDetector
+from fabguard.outputs import atomic_path
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO.parent / "shared" / "data" / "mvtec_ad_256" / "transistor"
+
+
+def former_loop(features: torch.Tensor, size: int, start: int) -> torch.Tensor:
+    """fabguard's selection before the compiled core (exhaustive, |x|^2 - 2 x.c + |c|^2 in float32)."""
+    m = len(features)
+    sq = (features * features).sum(1)
+    buffer = torch.empty(m)
+    nearest = torch.mv(features, features[start]).mul_(-2).add_(sq).add_(sq[start])
+    chosen = torch.empty(size, dtype=torch.long)
+    chosen[0] = start
+    for step in range(1, size):
+        index = int(torch.argmax(nearest))
+        chosen[step] = index
+        torch.mv(features, features[index], out=buffer)
+        buffer.mul_(-2).add_(sq).add_(sq[index])
+        torch.minimum(nearest, buffer, out=nearest)
+    return chosen
+
+
+def timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def training_patches(data: Path, seed: int) -> np.ndarray:
+    """The patches PatchCoreDetector(seed).fit selects its coreset from (same split, same backbone)."""
+    detector = PatchCoreDetector(seed=seed)
+    images = load_dataset(str(data), 256, "train").images
+    train, _ = split(len(images), detector.val_fraction, seed)
+    scorer = detector._scorer(0, pretrained=True).eval()
+    with torch.inference_mode():
+        parts = [scorer.embed(torch.from_numpy(images[train][s:s + 16])) for s in range(0, len(train), 16)]
+    return torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in parts]).numpy()
+
+
+def coverage(x: torch.Tensor, chosen: torch.Tensor) -> float:
+    """Largest distance of a point to its nearest chosen one (float64, in blocks): the k-centre radius."""
+    bank = x[chosen].double()
+    worst = 0.0
+    for s in range(0, len(x), 4096):
+        worst = max(worst, float(torch.cdist(x[s:s + 4096].double(), bank).amin(1).max()))
+    return worst
+
+
+def selection(x: np.ndarray, sizes, old_sizes, ratio: float) -> list[dict]:
+    rows, rng = [], np.random.default_rng(0)
+    for n in sizes:
+        n = n or len(x)
+        sub = np.ascontiguousarray(x if n == len(x) else x[np.sort(rng.choice(len(x), n, replace=False))])
+        k, row = round(ratio * n), {"patches": n}
+        row["k"] = k
+        for threads in (1, 2):
+            chosen, row[f"cpp{threads}_wall"], row[f"cpp{threads}_cpu"] = timed(
+                lambda: _core.kcenter_greedy(sub, k, 0, threads=threads))
+            row[f"cpp{threads}_chosen"] = chosen
+        row["threads_identical"] = bool(np.array_equal(row.pop("cpp1_chosen"), row["cpp2_chosen"]))
+        if n in old_sizes or (n == len(x) and 0 in old_sizes):
+            torch.set_num_threads(2)
+            old, row["old_wall"], row["old_cpu"] = timed(lambda: former_loop(torch.from_numpy(sub), k, 0))
+            new = torch.from_numpy(row["cpp2_chosen"])
+            row["same_indices"] = bool(torch.equal(old, new))
+            row["first_difference"] = int(np.argmax(old.numpy() != new.numpy())) if not row["same_indices"] else None
+            row["radius_old"], row["radius_cpp"] = coverage(torch.from_numpy(sub), old), coverage(torch.from_numpy(sub), new)
+        row.pop("cpp2_chosen")
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+CHILD_MEMORY = """
+import resource, sys, numpy as np
+from fabguard import _core
+x = np.load(sys.argv[1], mmap_mode="r")
+n = int(sys.argv[2])
+rng = np.random.default_rng(0)
+big = np.empty((n, x.shape[1]), np.float32)
+for s in range(0, n, 4096):  # small blocks: the peak before the selection is the patches themselves
+    rows = np.arange(s, min(n, s + 4096)) % len(x)
+    big[s:s + len(rows)] = x[rows] + rng.standard_normal((len(rows), x.shape[1]), np.float32) * np.float32(0.01)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+_core.kcenter_greedy(big, int(sys.argv[3]), 0, threads=2)
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def memory(features_path: Path, sizes, k: int) -> list[dict]:
+    """Peak resident memory the selection adds to a process that holds n patches (KiB from ru_maxrss)."""
+    rows = []
+    for n in sizes:
+        out = subprocess.run([sys.executable, "-c", CHILD_MEMORY, str(features_path), str(n), str(k)],
+                             check=True, capture_output=True, text=True).stdout.split()
+        before, after = int(out[0]) * 1024, int(out[1]) * 1024
+        rows.append({"patches": n, "k": k, "features_bytes": n * 232 * 4, "extra_peak_bytes": after - before,
+                     "extra_bytes_per_patch": (after - before) / n})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def one_fit(data: Path, seed: int) -> dict:
+    """Fit and score in this process (a child: its peak memory is the fit's)."""
+    normals, test = load_dataset(str(data), 256, "train"), load_dataset(str(data), 256, "test")
+    torch.manual_seed(seed)
+    detector, wall, cpu = timed(lambda: PatchCoreDetector(seed=seed).fit(normals.images))
+    scores = detector.score(test.images)[0]
+    return {"seed": seed, "fit_wall": wall, "fit_cpu": cpu, "image_auroc": float(roc_auc_score(test.labels, scores)),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "bank": len(detector.model_.bank)}
+
+
+def recorded_before(seeds) -> list[dict]:
+    runs = json.loads((REPO / "bench/results/anomaly/transistor/all_metrics.json").read_text())
+    return [{"seed": r["seed"], "fit_wall": r["fit_seconds"], "image_auroc": r["image_auroc"]}
+            for r in runs if r["name"] == "patchcore" and r["seed"] in seeds]
+
+
+def write(out: Path, result: dict) -> None:
+    with atomic_path(out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    sel, mem, fits, before = result["selection"], result["memory"], result["fits"], result["fits_before"]
+    lines = [
+        "# PatchCore coreset selection: compiled core vs the former PyTorch loop (MVTec AD transistor)", "",
+        "Commands (in order; a later one keeps the parts it did not run): "
+        + ", ".join(f"`{c}`" for c in result["commands"]) + f". Machine: {result['machine']}; load average at "
+        f"the start of the last run {result['load']}",
+        "(the 2 cores are shared with other work: wall seconds vary with it, CPU seconds much less).", "",
+        f"Patches: the seed-0 training split's {result['patches']} patches x {result['dim']} features "
+        f"(extraction {result['extract_wall']:.0f} s wall, {result['extract_cpu']:.0f} s CPU). Coreset "
+        "k = 10% of the patches, start index 0, subsets drawn at random.", "",
+        "## Selection alone", "",
+        "| patches | k | C++ 1 thread wall / CPU s | C++ 2 threads wall / CPU s | 1 = 2 threads | former loop "
+        "(2 torch threads) wall / CPU s | CPU ratio former / C++ 1 thread | same indices | k-centre radius former / C++ |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in sel:
+        old = "not run" if "old_wall" not in r else f"{r['old_wall']:.1f} / {r['old_cpu']:.1f}"
+        ratio = "" if "old_cpu" not in r else f"{r['old_cpu'] / r['cpp1_cpu']:.1f}"
+        same = "" if "same_indices" not in r else ("yes" if r["same_indices"] else f"first {r['first_difference']} of {r['k']}")
+        radius = "" if "radius_old" not in r else f"{r['radius_old']:.4f} / {r['radius_cpp']:.4f}"
+        lines.append(f"| {r['patches']} | {r['k']} | {r['cpp1_wall']:.1f} / {r['cpp1_cpu']:.1f} | "
+                     f"{r['cpp2_wall']:.1f} / {r['cpp2_cpu']:.1f} | {r['threads_identical']} | {old} | {ratio} | "
+                     f"{same} | {radius} |")
+    lines += ["", "## Extra peak memory of the selection", "",
+              "Child processes holding n patches (the real ones tiled, plus noise of sd 0.01) run the selection "
+              "with k = " + str(mem[0]["k"] if mem else "") + "; ru_maxrss after minus before.", "",
+              "| patches | features (MiB) | extra peak (MiB) | extra bytes per patch |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['patches']} | {r['features_bytes'] / 2**20:.0f} | {r['extra_peak_bytes'] / 2**20:.0f} | "
+              f"{r['extra_bytes_per_patch']:.0f} |" for r in mem]
+    lines += ["", "## Whole fit (`PatchCoreDetector(seed=s).fit` on the 213 normal images, 2 torch threads)", "",
+              "| seed | before: fit wall s (recorded) | before: image AUROC | after: fit wall / CPU s | after: image AUROC | "
+              "after: peak RSS (GiB) |", "| --- | --- | --- | --- | --- | --- |"]
+    old = {r["seed"]: r for r in before}
+    for r in fits:
+        b = old.get(r["seed"], {})
+        lines.append(f"| {r['seed']} | {b.get('fit_wall', float('nan')):.0f} | {b.get('image_auroc', float('nan')):.4f} | "
+                     f"{r['fit_wall']:.0f} / {r['fit_cpu']:.0f} | {r['image_auroc']:.4f} | {r['peak_rss_bytes'] / 2**30:.2f} |")
+    if fits:
+        a = [r["image_auroc"] for r in fits]
+        b = [r["image_auroc"] for r in before]
+        lines += ["", f"Image AUROC mean ± sd: before {np.mean(b):.4f} ± {np.std(b, ddof=1):.4f}, "
+                  f"after {np.mean(a):.4f} ± {np.std(a, ddof=1):.4f}."]
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--work", default=str(REPO / "out" / "anomaly" / "coreset"))
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "anomaly" / "coreset_speed"))
+    parser.add_argument("--sizes", nargs="*", type=int, default=[10000, 40000, 0], help="patches; 0 = all")
+    parser.add_argument("--old-sizes", nargs="+", type=int, default=[10000, 40000],
+                        help="sizes the former loop also runs at (0 = all: about 10 CPU minutes)")
+    parser.add_argument("--memory-sizes", nargs="*", type=int, default=[133280, 266560, 533120])
+    parser.add_argument("--fit-seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training split whose patches are used")
+    parser.add_argument("--one-fit", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one_fit is not None:
+        print(json.dumps(one_fit(Path(args.data), args.one_fit)))
+        return 0
+    torch.set_num_threads(2)
+    load = os.getloadavg()[0]
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    x, extract_wall, extract_cpu = timed(lambda: training_patches(Path(args.data), args.seed))
+    np.save(work / "patches.npy", x)
+    # Parts not run this time (an empty --sizes, --memory-sizes or --fit-seeds) keep their earlier results.
+    earlier = Path(args.out).with_suffix(".json")
+    result = json.loads(earlier.read_text()) if earlier.is_file() else {"selection": [], "memory": [], "fits": []}
+    result.update({"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+                   "load": round(load, 1), "patches": len(x), "dim": x.shape[1],
+                   "extract_wall": extract_wall, "extract_cpu": extract_cpu})
+    if args.sizes:
+        result["selection"] = selection(x, args.sizes, args.old_sizes, 0.1)
+    if args.memory_sizes:
+        result["memory"] = memory(work / "patches.npy", args.memory_sizes, 1000)
+    if args.fit_seeds:
+        result["fits"] = []
+        for seed in args.fit_seeds:
+            out = subprocess.run([sys.executable, __file__, "--data", args.data, "--one-fit", str(seed)],
+                                 check=True, capture_output=True, text=True).stdout
+            result["fits"].append(json.loads(out.strip().splitlines()[-1]))
+            print(result["fits"][-1], flush=True)
+        result["fits_before"] = recorded_before(args.fit_seeds)
+    command = "OMP_WAIT_POLICY=PASSIVE python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
+    result["commands"] = result.get("commands", []) + [command]
+    write(Path(args.out), result)
+    print(Path(args.out).with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

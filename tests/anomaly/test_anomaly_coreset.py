@@ -1,0 +1,178 @@
+"""The compiled greedy k-centre coreset (cpp/coreset.cpp) against exhaustive references.
+
+``exhaustive`` below is the plain loop over all points with the core's float32 arithmetic written
+out in NumPy (8 lanes summed in order, then a fixed tree): the pruned C++ selection must equal it
+index for index, ties and duplicates included, for any thread count. The PyTorch loop that fabguard
+ran before (``torch_exhaustive``, kept here verbatim) computes |x|^2 - 2 x.c + |c|^2 instead, so its
+rounding differs; the two agree wherever no step's choice is a near tie (checked in float64).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fabguard import _core
+from fabguard.anomaly.patchcore import greedy_coreset
+
+
+def squared_distances(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 squared distances of the rows of x to c, in cpp/coreset.cpp's order of operations."""
+    pad = -x.shape[1] % 8  # zero terms: acc + 0 == acc exactly, as the C++ tail loop leaves lanes alone
+    diff = np.pad(x, ((0, 0), (0, pad))) - np.pad(c, (0, pad))
+    terms = diff * diff
+    acc = np.zeros((len(x), 8), np.float32)
+    for block in range(terms.shape[1] // 8):
+        acc += terms[:, 8 * block:8 * block + 8]
+    return ((acc[:, 0] + acc[:, 1]) + (acc[:, 2] + acc[:, 3])) + ((acc[:, 4] + acc[:, 5]) + (acc[:, 6] + acc[:, 7]))
+
+
+def exhaustive(x: np.ndarray, k: int, start: int) -> np.ndarray:
+    """Every step: the first point with the largest distance to its nearest chosen one, all points updated."""
+    chosen, nearest = [start], squared_distances(x, x[start])
+    for _ in range(1, k):
+        chosen.append(int(np.argmax(nearest)))
+        nearest = np.minimum(nearest, squared_distances(x, x[chosen[-1]]))
+    return np.array(chosen)
+
+
+def torch_exhaustive(features: torch.Tensor, size: int, start: int) -> torch.Tensor:
+    """fabguard's selection before the compiled core (its loop, with the start given)."""
+    m = len(features)
+    sq = (features * features).sum(1)
+    buffer = torch.empty(m)
+    nearest = torch.mv(features, features[start]).mul_(-2).add_(sq).add_(sq[start])
+    chosen = torch.empty(size, dtype=torch.long)
+    chosen[0] = start
+    for step in range(1, size):
+        index = int(torch.argmax(nearest))
+        chosen[step] = index
+        torch.mv(features, features[index], out=buffer)
+        buffer.mul_(-2).add_(sq).add_(sq[index])
+        torch.minimum(nearest, buffer, out=nearest)
+    return chosen
+
+
+def float64_gap(x: np.ndarray, k: int, start: int) -> tuple[np.ndarray, float]:
+    """Exhaustive selection in float64 and the smallest gap, over its steps, between the chosen
+    point's squared distance and the runner-up's (how far each choice is from a tie)."""
+    x = x.astype(np.float64)
+    chosen, nearest, gap = [start], ((x - x[start]) ** 2).sum(1), np.inf
+    for _ in range(1, k):
+        top2 = np.sort(nearest)[-2:]
+        gap = min(gap, top2[1] - top2[0])
+        chosen.append(int(np.argmax(nearest)))
+        nearest = np.minimum(nearest, ((x - x[chosen[-1]]) ** 2).sum(1))
+    return np.array(chosen), gap
+
+
+def blobs(rng, n, d, centres=8):
+    """Points around a few centres of different spreads: clusters the pruning can skip, and cannot."""
+    where = rng.normal(0, 5, (centres, d))
+    label = rng.integers(0, centres, n)
+    return (where[label] + rng.normal(0, 1, (n, d)) * rng.uniform(0.1, 2, centres)[label, None]).astype(np.float32)
+
+
+CASES = {  # points on a line or a plane: the triangle inequality is nearly tight there, so bounds that
+    # skip too much change the choices (a bound of 2.5 r^2 instead of 4 r^2 did, measured)
+    "line": lambda rng: rng.uniform(size=(500, 1)).astype(np.float32),
+    "plane": lambda rng: rng.uniform(size=(500, 2)).astype(np.float32),
+    "gaussian, d not a multiple of 8": lambda rng: rng.normal(size=(600, 37)).astype(np.float32),
+    "blobs": lambda rng: blobs(rng, 800, 24),
+    "tiny values (subnormal squared terms)": lambda rng: (rng.normal(size=(300, 9)) * 1e-20).astype(np.float32),
+    "large values": lambda rng: (rng.normal(size=(300, 16)) * 1e15).astype(np.float32),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cpp_equals_exhaustive_reference_for_any_thread_count(case):
+    x = CASES[case](np.random.default_rng(0))
+    k = len(x) // 5
+    want = exhaustive(x, k, start=3)
+    for threads in (1, 2, 3):
+        assert np.array_equal(_core.kcenter_greedy(x, k, 3, threads=threads), want), threads
+
+
+def test_ties_and_duplicates_choose_the_smallest_index():
+    """Integer points: exact distances, many ties and duplicates; k = n runs past full coverage, where
+    every distance is 0 and the exhaustive loop picks index 0 again and again."""
+    x = np.random.default_rng(1).integers(0, 3, (120, 3)).astype(np.float32)
+    want = exhaustive(x, len(x), start=5)
+    assert (want[-10:] == 0).all()  # the case the test is for: coverage complete, ties at zero
+    for threads in (1, 2):
+        assert np.array_equal(_core.kcenter_greedy(x, len(x), 5, threads=threads), want)
+
+
+def test_larger_run_is_the_same_for_one_and_two_threads():
+    x = blobs(np.random.default_rng(2), 6000, 40)
+    one = _core.kcenter_greedy(x, 600, 0, threads=1)
+    assert len(set(one.tolist())) == 600
+    assert np.array_equal(one, _core.kcenter_greedy(x, 600, 0, threads=2))
+
+
+def test_same_selection_as_the_former_pytorch_loop_away_from_ties():
+    """Both float32 selections equal the float64 one where every step's choice wins by more than both
+    roundings can move two distances. With M = max |x|^2 and u = 2^-24: the expansion's terms |x|^2,
+    2 x.c, |c|^2 err by at most d u M, 2 d u M, d u M, its two additions by 8 u M, so (4d + 8) u M;
+    the core's direct sum by (d + 8) u s with s <= 4M. Two distances each: gap > (16d + 80) u M."""
+    x = blobs(np.random.default_rng(0), 500, 16)
+    x -= x.mean(0)  # smaller norms, smaller expansion error: the premise below holds by a factor 6
+    want, gap = float64_gap(x, 50, start=11)
+    bound = (16 * x.shape[1] + 80) * 2.0 ** -24 * float((x.astype(np.float64) ** 2).sum(1).max())
+    assert gap > bound, (gap, bound)  # the premise: no near tie
+    assert np.array_equal(torch_exhaustive(torch.from_numpy(x), 50, 11).numpy(), want)
+    assert np.array_equal(_core.kcenter_greedy(x, 50, 11, threads=2), want)
+
+
+def test_wrapper_keeps_the_seeded_start_and_returns_torch_indices():
+    x = blobs(np.random.default_rng(4), 400, 12)
+    chosen = greedy_coreset(torch.from_numpy(x), 40, seed=7)
+    start = int(torch.randint(len(x), (1,), generator=torch.Generator().manual_seed(7)))
+    assert chosen.dtype == torch.long and int(chosen[0]) == start
+    assert np.array_equal(chosen.numpy(), exhaustive(x, 40, start))
+    assert len(greedy_coreset(torch.from_numpy(x[:5]), 40, seed=7)) == 5  # size capped at the points
+
+
+def test_progress_is_reported_and_its_error_stops_the_run():
+    x = blobs(np.random.default_rng(5), 300, 8)
+    seen = []
+    _core.kcenter_greedy(x, 30, 0, progress=seen.append)
+    assert seen and seen[-1] == 30
+
+    def fail(done):
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        _core.kcenter_greedy(x, 30, 0, progress=fail)
+
+
+GOOD = np.random.default_rng(6).normal(size=(50, 4)).astype(np.float32)
+
+
+def with_value(row, col, value):
+    x = GOOD.copy()
+    x[row, col] = value
+    return x
+
+
+@pytest.mark.parametrize("features, k, start, threads, message", [
+    (GOOD.astype(np.float64), 5, 0, 1, "features must be float32, got float64"),
+    (GOOD.astype(np.float16), 5, 0, 1, "features must be float32, got float16"),
+    (GOOD[0], 5, 0, 1, "features must be 2-d .* got 1-d"),
+    (GOOD[None], 5, 0, 1, "features must be 2-d .* got 3-d"),
+    (GOOD[:, ::2], 5, 0, 1, "C-contiguous"),
+    (np.zeros((0, 4), np.float32), 1, 0, 1, r"at least one row and one column, got \(0, 4\)"),
+    (np.zeros((5, 0), np.float32), 1, 0, 1, r"at least one row and one column, got \(5, 0\)"),
+    (with_value(7, 2, np.nan), 5, 0, 1, r"features\[7, 2\] is nan: values must be finite"),
+    (with_value(0, 3, -np.inf), 5, 0, 1, r"features\[0, 3\] is -inf"),
+    (with_value(49, 0, 1e30), 5, 0, 1, r"features\[49, 0\] is 1e\+30: .* at most"),
+    (GOOD, 0, 0, 1, r"k must be in \[1, 50\] .* got 0"),
+    (GOOD, 51, 0, 1, r"k must be in \[1, 50\] .* got 51"),
+    (GOOD, 5, 50, 1, r"start must be in \[0, 50\), got 50"),
+    (GOOD, 5, -1, 1, r"start must be in \[0, 50\), got -1"),
+    (GOOD, 5, 0, 0, r"threads must be in \[1, "),
+])
+def test_bad_input_is_refused_with_a_clear_error(features, k, start, threads, message):
+    with pytest.raises(ValueError, match=message):
+        _core.kcenter_greedy(features, k, start, threads=threads)
