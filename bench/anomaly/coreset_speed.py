@@ -104,28 +104,40 @@ def selection(x: np.ndarray, sizes, old_sizes, ratio: float) -> list[dict]:
 
 
 CHILD_MEMORY = """
-import resource, sys, numpy as np
+import os, sys, threading, numpy as np
 from fabguard import _core
 x = np.load(sys.argv[1], mmap_mode="r")
 n = int(sys.argv[2])
 rng = np.random.default_rng(0)
 big = np.empty((n, x.shape[1]), np.float32)
-for s in range(0, n, 4096):  # small blocks: the peak before the selection is the patches themselves
+for s in range(0, n, 4096):
     rows = np.arange(s, min(n, s + 4096)) % len(x)
     big[s:s + len(rows)] = x[rows] + rng.standard_normal((len(rows), x.shape[1]), np.float32) * np.float32(0.01)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+del x
+page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+peak, done = [rss()], threading.Event()
+def sample():  # the selection runs without the GIL: this thread sees its resident memory every 2 ms
+    while not done.wait(0.002):
+        peak.append(max(peak[-1], rss()))
+sampler = threading.Thread(target=sample)
+sampler.start()
 _core.kcenter_greedy(big, int(sys.argv[3]), 0, threads=2)
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+done.set()
+sampler.join()
+print(peak[0], max(peak))
 """
 
 
 def memory(features_path: Path, sizes, k: int) -> list[dict]:
-    """Peak resident memory the selection adds to a process that holds n patches (KiB from ru_maxrss)."""
+    """Peak resident memory the selection adds to a process that holds n patches (sampled RSS)."""
     rows = []
     for n in sizes:
         out = subprocess.run([sys.executable, "-c", CHILD_MEMORY, str(features_path), str(n), str(k)],
                              check=True, capture_output=True, text=True).stdout.split()
-        before, after = int(out[0]) * 1024, int(out[1]) * 1024
+        before, after = int(out[0]), int(out[1])
         rows.append({"patches": n, "k": k, "features_bytes": n * 232 * 4, "extra_peak_bytes": after - before,
                      "extra_bytes_per_patch": (after - before) / n})
         print(rows[-1], flush=True)
@@ -177,7 +189,8 @@ def write(out: Path, result: dict) -> None:
                      f"{same} | {radius} |")
     lines += ["", "## Extra peak memory of the selection", "",
               "Child processes holding n patches (the real ones tiled, plus noise of sd 0.01) run the selection "
-              "with k = " + str(mem[0]["k"] if mem else "") + "; ru_maxrss after minus before.", "",
+              "with k = " + str(mem[0]["k"] if mem else "") + "; the largest resident size sampled every 2 ms while it "
+              "runs minus the size before.", "",
               "| patches | features (MiB) | extra peak (MiB) | extra bytes per patch |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['patches']} | {r['features_bytes'] / 2**20:.0f} | {r['extra_peak_bytes'] / 2**20:.0f} | "
               f"{r['extra_bytes_per_patch']:.0f} |" for r in mem]

@@ -343,7 +343,10 @@ def phase_latency(args, bodies, work: Path, version: str | None = None, artifact
 def write(results: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serve.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [f"# fabguard serve bench ({results['machine']})", "", f"Command: `{results['command']}`", ""]
+    lines = [f"# fabguard serve bench ({results['machine']})", ""]
+    lines += [f"- {phase}: `{command}`" for phase, command in results.get("commands", {}).items()] or \
+        [f"Command: `{results['command']}`"]
+    lines += [""]
     load_ = results.get("load")
     if load_:
         lines += ["## Load on loopback", "", f"{results['args']['clients']} clients x {results['args']['seconds']} s, "
@@ -440,6 +443,15 @@ def main() -> None:
         for phase, run in (("load", phase_load), ("kill", phase_kill), ("outage", phase_outage)):
             if phase in args.phases:
                 results[phase] = run(args, bodies, work)
+    previous = OUT / "serve.json"
+    if previous.exists() and set(args.phases) != {"latency", "load", "kill", "outage"}:
+        earlier = json.loads(previous.read_text())  # phases not run now keep their last results and command
+        for phase in ("latency", "load", "kill", "outage"):
+            if phase not in args.phases and phase in earlier:
+                results[phase] = earlier[phase]
+                results.setdefault("commands", {})[phase] = earlier.get("commands", {}).get(phase, earlier["command"])
+    for phase in args.phases:
+        results.setdefault("commands", {})[phase] = results["command"]
     write(results)
     print((OUT / "serve.md").read_text())
 

@@ -143,11 +143,14 @@ def test_interrupted_train_leaves_the_old_model_whole(saved, table, tmp_path):
         line = proc.stderr.read(1)
         assert line, f"train ended before it could be interrupted: {err}"
         err += line
-    time.sleep(1.0)
+    time.sleep(0.1)  # a moment in: training of 3 members on this small table can end within a second
     proc.send_signal(signal.SIGINT)
     _, rest = proc.communicate(timeout=120)
     err += rest
-    assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
+    # 130 with our message, or ended by the signal itself when it lands as the interpreter shuts down (a
+    # shell reports 130 for both); never a traceback, and the old model must be whole either way
+    assert proc.returncode in (130, -signal.SIGINT) and "Traceback" not in err, (proc.returncode, err)
+    assert proc.returncode == -signal.SIGINT or "interrupted" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "table.csv"]  # no temporary folder left
     pd.testing.assert_frame_equal(Router.load(model, seed=1).route(table[1], budget=0.3), before)
 

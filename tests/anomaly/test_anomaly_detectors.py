@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from conftest import parity_bounds
+from tests.anomaly.conftest import parity_bounds
 from fabguard.anomaly.base import Detector, Thresholds, to_gray
 from fabguard.anomaly.images import split
 from fabguard.anomaly.patchcore import PatchCoreDetector, greedy_coreset

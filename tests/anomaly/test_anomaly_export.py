@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from conftest import latent_bound, parity_bounds
+from tests.anomaly.conftest import latent_bound, parity_bounds
 from fabguard.anomaly.export import parity
 from fabguard.anomaly.images import decode
 from fabguard.anomaly.runtime import Inspector

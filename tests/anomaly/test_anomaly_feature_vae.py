@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import latent_bound
+from tests.anomaly.conftest import latent_bound
 
 from fabguard.anomaly.base import Detector
 from fabguard.anomaly.feature_vae import FeatureVAEDetector

@@ -43,7 +43,7 @@ def test_tensorrt_engine_builds_with_batch_profile(artifacts, tmp_path):
 @needs_gpu
 @pytest.mark.parametrize("providers", [["CUDAExecutionProvider"], ["TensorrtExecutionProvider", "CUDAExecutionProvider"]])
 def test_gpu_providers_match_cpu(detectors, artifacts, test_set, providers, tmp_path):
-    from conftest import parity_bounds
+    from tests.anomaly.conftest import parity_bounds
     from fabguard.anomaly.runtime import Inspector
 
     _provider(providers[0])

@@ -123,12 +123,13 @@ class PatchCoreDetector(Detector):
         return self
 
     def _model_bytes(self, n_images):
-        """Every training patch's feature vector (the coreset runs over all of them), the coreset's copy,
-        chosen rows and 36 bytes of bookkeeping per patch (cpp/coreset.cpp), and the backbone's batch."""
+        """Every training patch's feature vector (the coreset runs over all of them), the coreset's copy
+        with up to one more in transit when a cluster's storage shrinks (1,880 bytes per 232-float patch
+        measured, bench/results/anomaly/coreset_speed.md), its chosen rows, and the backbone's batch."""
         crop = self.crop_size or self.input_size
         dim = sum(block_shapes()[i][0] for i in self.layers)
         n_patches = n_images * (crop // block_stride(self.layers[0])) ** 2
-        return n_patches * (4.0 * dim * (2 + self.coreset_ratio) + 36) + 4.0 * self.batch_size * 100 * crop ** 2
+        return n_patches * (4.0 * dim * (3 + self.coreset_ratio) + 36) + 4.0 * self.batch_size * 100 * crop ** 2
 
     def _scorer(self, bank_size: int, pretrained: bool) -> PatchCoreScorer:
         features = EfficientNetFeatures(tuple(self.layers), pretrained)

@@ -64,5 +64,5 @@ def overlay_png(pixels: np.ndarray, heatmap: np.ndarray) -> bytes:
     alpha = np.clip(np.asarray(heatmap, np.float32) / max(scale, 1e-12), 0, 1) * 0.7
     rgb = np.stack([grey * (1 - alpha) + alpha, grey * (1 - alpha), grey * (1 - alpha)], axis=-1)
     out = io.BytesIO()
-    Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(out, format="PNG")
+    Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(out, format="PNG", compress_level=1)
     return out.getvalue()
