@@ -436,7 +436,11 @@ def test_ctrl_c_early_in_detect_exits_130_without_traceback(delay):
     # 130 with our message, or ended by the signal itself when Python re-raises a SIGINT pending at
     # shutdown (the shell reports 130 for both; the foundation tests accept the same)
     assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
-    assert "Traceback" not in err and err.strip().endswith("fabguard: interrupted"), err
+    assert "Traceback" not in err, err
+    if proc.returncode == 130:
+        assert err.strip().endswith("fabguard: interrupted"), err
+    else:  # the detection had ended: nothing but possibly our message
+        assert err.strip() in ("", "fabguard: interrupted"), err
 
 
 # 10. Hypothesis over the command line and malformed tables: exit 0 or 2, never a traceback.
