@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import platform
-import resource
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,21 +30,10 @@ RUNTIMES = {"pytorch-eager-cpu": None, "onnxruntime-cpu": ["CPUExecutionProvider
             "onnxruntime-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"]}
 
 
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def gpu_memory_mb() -> float | None:
-    if not shutil.which("nvidia-smi"):
-        return None
-    out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True).stdout
-    used = [float(m) for p, m in (line.split(",") for line in out.splitlines() if "," in line) if int(p) == os.getpid()]
-    return sum(used) if used else None
-
-
 def worker(args) -> None:
     """Time one (model, runtime) pair; print one JSON line."""
+    from fabguard.anomaly.benchmark import gpu_memory_mb, rss_mb, time_batches  # `fabguard anomaly benchmark`'s
+
     base_rss = rss_mb()
     if args.runtime == "pytorch-eager-cpu":
         import torch
@@ -70,7 +57,6 @@ def worker(args) -> None:
 
         def run(x):
             return inspector.session.run(None, {"images": x})
-    from fabguard.anomaly.benchmark import time_batches  # the timing of `fabguard anomaly benchmark`
 
     rows = time_batches(run, size, args.batches, args.runs, args.warmup, args.seed)
     for row in rows:

@@ -12,7 +12,8 @@ from fabguard.anomaly.base import Detector, Thresholds, to_gray
 from fabguard.anomaly.images import split
 from fabguard.anomaly.patchcore import PatchCoreDetector, greedy_coreset
 from fabguard.anomaly.pca import PCADetector
-from fabguard.anomaly.vae import ConvVAE, EarlyStopping, VAEDetector, parameter_count
+from fabguard.anomaly.training import EarlyStopping
+from fabguard.anomaly.vae import ConvVAE, VAEDetector, parameter_count
 from fabguard.errors import InputError
 from fabguard.runtime.parity import float32_bound
 

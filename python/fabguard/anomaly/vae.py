@@ -20,8 +20,7 @@ from torch import nn
 
 from fabguard.anomaly.augment import PRESETS, Augmentation
 from fabguard.anomaly.base import CLIOption, Detector, to_gray
-from fabguard.anomaly.training import EarlyStopping, RECIPE_CONSTRAINTS, VAETraining  # noqa: F401
-# (EarlyStopping: tests/anomaly/test_anomaly_detectors.py imports it from here)
+from fabguard.anomaly.training import RECIPE_CONSTRAINTS, VAETraining
 from fabguard.errors import InvalidParameterError
 from fabguard.params import Interval, Options
 
