@@ -3,8 +3,8 @@
 ``exhaustive`` below is the plain loop over all points with the core's float32 arithmetic written
 out in NumPy (8 lanes summed in order, then a fixed tree): the pruned C++ selection must equal it
 index for index, ties and duplicates included, for any thread count. The PyTorch loop that fabguard
-ran before (``torch_exhaustive``, kept here verbatim) computes |x|^2 - 2 x.c + |c|^2 instead, so its
-rounding differs; the two agree wherever no step's choice is a near tie (checked in float64).
+ran before (``former_loop``, kept verbatim in bench/anomaly/coreset_speed.py) computes
+|x|^2 - 2 x.c + |c|^2 instead, so its rounding differs; the two agree wherever no step's choice is a near tie (checked in float64).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.anomaly.coreset_speed import former_loop  # the loop the compiled core replaced
 from fabguard import _core
 from fabguard.anomaly.patchcore import greedy_coreset
 
@@ -35,23 +36,6 @@ def exhaustive(x: np.ndarray, k: int, start: int) -> np.ndarray:
         chosen.append(int(np.argmax(nearest)))
         nearest = np.minimum(nearest, squared_distances(x, x[chosen[-1]]))
     return np.array(chosen)
-
-
-def torch_exhaustive(features: torch.Tensor, size: int, start: int) -> torch.Tensor:
-    """fabguard's selection before the compiled core (its loop, with the start given)."""
-    m = len(features)
-    sq = (features * features).sum(1)
-    buffer = torch.empty(m)
-    nearest = torch.mv(features, features[start]).mul_(-2).add_(sq).add_(sq[start])
-    chosen = torch.empty(size, dtype=torch.long)
-    chosen[0] = start
-    for step in range(1, size):
-        index = int(torch.argmax(nearest))
-        chosen[step] = index
-        torch.mv(features, features[index], out=buffer)
-        buffer.mul_(-2).add_(sq).add_(sq[index])
-        torch.minimum(nearest, buffer, out=nearest)
-    return chosen
 
 
 def float64_gap(x: np.ndarray, k: int, start: int) -> tuple[np.ndarray, float]:
@@ -121,7 +105,7 @@ def test_same_selection_as_the_former_pytorch_loop_away_from_ties():
     want, gap = float64_gap(x, 50, start=11)
     bound = (16 * x.shape[1] + 80) * 2.0 ** -24 * float((x.astype(np.float64) ** 2).sum(1).max())
     assert gap > bound, (gap, bound)  # the premise: no near tie
-    assert np.array_equal(torch_exhaustive(torch.from_numpy(x), 50, 11).numpy(), want)
+    assert np.array_equal(former_loop(torch.from_numpy(x), 50, 11).numpy(), want)
     assert np.array_equal(_core.kcenter_greedy(x, 50, 11, threads=2), want)
 
 
