@@ -40,36 +40,51 @@ from fabguard.machine_yield.em import fit_subsets, information_se, starting_valu
 from fabguard.machine_yield.em_numpy import score_outer_product_numpy
 
 IMPORTS = ("import fabguard.cli, fabguard.machine_yield.cli, fabguard.machine_yield.data, "
-           "fabguard.machine_yield.detector, statistics")
+           "fabguard.machine_yield.detector, statistics, pyarrow.csv")
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all its threads)."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def run(argv) -> float:
+def run(argv) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the child)."""
     start = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=os.environ | {"OMP_WAIT_POLICY": "PASSIVE"})
-    return time.perf_counter() - start
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=os.environ | {"OMP_WAIT_POLICY": "PASSIVE"})
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, argv)
+    return wall, usage.ru_utime + usage.ru_stime
 
 
 def parts(data, threads: int) -> dict:
-    """Seconds of the default fit's parts, run as the detector runs them."""
+    """(wall, CPU) seconds of the default fit's parts, run as the detector runs them."""
     out = {}
-    t = time.perf_counter()
-    start = starting_values(data)
-    out["start"] = time.perf_counter() - t
-    t = time.perf_counter()
-    full = fit_subsets(data, [np.arange(data.n_batches)], start=start, threads=threads)
-    out["em"] = time.perf_counter() - t
+    start, out["start"] = _timed_value(lambda: starting_values(data))
+    full, out["em"] = _timed_value(lambda: fit_subsets(data, [np.arange(data.n_batches)], start=start, threads=threads))
     a = np.where(np.isfinite(full.miss_rate[0]), full.miss_rate[0], start[1])
     free = np.r_[np.isfinite(full.yield_[0]), np.isfinite(full.miss_rate[0])]
-    t = time.perf_counter()
-    information_se(data, np.nan_to_num(full.yield_[0], nan=1.0), a, free, threads=threads)
-    out["information"] = time.perf_counter() - t
+    _, out["information"] = _timed_value(lambda: information_se(data, np.nan_to_num(full.yield_[0], nan=1.0), a, free,
+                                                                threads=threads))
     return out
+
+
+def _timed_value(fn):
+    """(fn(), (wall, CPU) seconds)."""
+    start, cpu = time.perf_counter(), time.process_time()
+    value = fn()
+    return value, (time.perf_counter() - start, time.process_time() - cpu)
+
+
+def load_csv(path) -> None:
+    from fabguard.machine_yield.data import load_production
+
+    load_production(path)
 
 
 def main() -> int:
@@ -97,6 +112,8 @@ def main() -> int:
         "process_numpy_only": lambda: run([sys.executable, "-c", "import numpy"]),
         "process_pandas_only": lambda: run([sys.executable, "-c", "import pandas"]),
         "process_fabguard_only": lambda: run([sys.executable, "-c", "import fabguard"]),
+        "process_pyarrow_csv_only": lambda: run([sys.executable, "-c", "import numpy, pyarrow.csv"]),
+        "load_csv": lambda: timed(lambda: load_csv(csv)),
         "fit_ours_2threads": lambda: timed(lambda: LowYieldDetector(threads=2).fit(data)),
         "fit_ours_1thread": lambda: timed(lambda: LowYieldDetector(threads=1).fit(data)),
         "fit_bootstrap_2threads": lambda: timed(lambda: LowYieldDetector(interval="bootstrap", threads=2).fit(data)),
@@ -104,17 +121,22 @@ def main() -> int:
                                                                      threads=2).fit(data)),
     }
     times = {k: [] for k in variants}
+    cpu = {k: [] for k in variants}
     split = {t: [] for t in (1, 2)}
     loads = []
     for r in range(args.repeats):
         for name, fn in variants.items():
-            times[name].append(fn())
+            wall, used = fn()
+            times[name].append(wall)
+            cpu[name].append(used)
         for threads in split:
             split[threads].append(parts(data, threads))
         loads.append(os.getloadavg()[0])
         print(f"repeat {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     median = {k: float(np.median(v)) for k, v in times.items()}
-    parts_median = {t: {k: float(np.median([p[k] for p in v])) for k in v[0]} for t, v in split.items()}
+    median_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
+    parts_median = {t: {k: [float(np.median([p[k][i] for p in v])) for i in (0, 1)] for k in v[0]}
+                    for t, v in split.items()}
 
     start = starting_values(data)
     full = [np.arange(data.n_batches)]
@@ -129,7 +151,7 @@ def main() -> int:
          optimum),
         ("SQUAREM, relative log-likelihood change <= 1e-13 (default)", {"start": start}, optimum),
     ):
-        seconds = [timed(lambda: fit_subsets(data, full, **kwargs)) for _ in range(3)]
+        seconds = [timed(lambda: fit_subsets(data, full, **kwargs))[0] for _ in range(3)]
         fit = fit_subsets(data, full, **kwargs)
         em[name] = {"updates": int(fit.n_iter[0]), "seconds": float(np.median(seconds)),
                     "max_yield_distance_to_optimum": float(np.nanmax(np.abs(fit.yield_ - best.yield_)))}
@@ -151,7 +173,9 @@ def main() -> int:
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "load_avg_1min_per_repeat": loads},
         "median_seconds": median,
+        "median_cpu_seconds": median_cpu,
         "all_seconds": times,
+        "all_cpu_seconds": cpu,
         "fit_parts_median_seconds": {f"{t}_threads": v for t, v in parts_median.items()},
         "import_share_of_process_ours": median["process_imports_only"] / median["process_ours"],
         "em_full_data": em,
@@ -171,48 +195,58 @@ def main() -> int:
 
 
 def render(r: dict) -> str:
-    m, s = r["median_seconds"], r["setting"]
+    m, c, s = r["median_seconds"], r["median_cpu_seconds"], r["setting"]
     p1, p2 = r["fit_parts_median_seconds"]["1_threads"], r["fit_parts_median_seconds"]["2_threads"]
     loads = r["machine"]["load_avg_1min_per_repeat"]
     lines = [
         f"# Low-yield detection speed: {s['machines']} machines x {s['batches']} batches ({s['rows']} rows)",
         "",
-        f"Command: `{r['command']}`. {r['machine']['cpu_count']} cores (shared with other work), "
+        (f"Command: `{r['command']}`. {r['machine']['cpu_count']} cores (shared with other work), "
         f"{r['machine']['platform']}; 1-min load average after each repeat {', '.join(f'{x:.1f}' for x in loads)}. "
-        f"Medians of {s['repeats']} interleaved runs. Defaults: information interval (SEs from the outer product of "
-        "the per-batch scores), SQUAREM to a relative log-likelihood change of 1e-13, per-step start. Bootstrap: 30 "
-        "resamples, each warm-started, stopped at 1e-9. Paper: 30 resamples of 80%, plain EM to an L2 change of "
-        "1e-3, BCa with 10,000 resamples.",
+        f"Medians of {s['repeats']} interleaved runs: wall seconds, and in brackets CPU seconds (user + system, all "
+        "threads), which the other work on the machine inflates less. Defaults: information interval (SEs from "
+        "the outer product of the per-batch scores), SQUAREM to a relative log-likelihood change of 1e-13, per-step "
+        "start. Bootstrap: 30 resamples, each warm-started, stopped at 1e-9. Paper: 30 resamples of 80%, plain EM to "
+        "an L2 change of 1e-3, BCa with 10,000 resamples."),
         "",
         "| | defaults (information) | bootstrap interval | paper's procedure |",
         "|---|---|---|---|",
-        f"| whole process, `fabguard yield detect FILE.csv --quiet --threads 2` | {m['process_ours']:.2f} s | "
-        f"{m['process_bootstrap']:.2f} s | {m['process_paper']:.2f} s |",
-        f"| in process, `LowYieldDetector(...).fit(data)`, 2 threads | {m['fit_ours_2threads']:.3f} s | "
-        f"{m['fit_bootstrap_2threads']:.2f} s | {m['fit_paper_2threads']:.2f} s |",
-        f"| in process, 1 thread | {m['fit_ours_1thread']:.3f} s | | |",
+        (f"| whole process, `fabguard yield detect FILE.csv --quiet --threads 2` | {m['process_ours']:.2f} s "
+        f"({c['process_ours']:.2f}) | {m['process_bootstrap']:.2f} s ({c['process_bootstrap']:.2f}) | "
+        f"{m['process_paper']:.2f} s ({c['process_paper']:.2f}) |"),
+        (f"| in process, `LowYieldDetector(...).fit(data)`, 2 threads | {m['fit_ours_2threads']:.3f} s "
+        f"({c['fit_ours_2threads']:.3f}) | {m['fit_bootstrap_2threads']:.2f} s ({c['fit_bootstrap_2threads']:.2f}) | "
+        f"{m['fit_paper_2threads']:.2f} s ({c['fit_paper_2threads']:.2f}) |"),
+        f"| in process, 1 thread | {m['fit_ours_1thread']:.3f} s ({c['fit_ours_1thread']:.3f}) | | |",
         "",
-        "Where the whole-process time goes (separate processes, medians):",
+        "Where the whole-process time goes (separate processes, medians, wall (CPU)):",
         "",
         "| process | seconds |",
         "|---|---|",
-        f"| `python -c pass` | {m['process_python_only']:.2f} |",
-        f"| `import numpy` | {m['process_numpy_only']:.2f} |",
-        f"| `import pandas` | {m['process_pandas_only']:.2f} |",
-        f"| `import fabguard` (the package alone) | {m['process_fabguard_only']:.2f} |",
-        f"| everything detect imports | {m['process_imports_only']:.2f} ({100 * r['import_share_of_process_ours']:.0f}% "
-        "of the default detect) |",
+        f"| `python -c pass` | {m['process_python_only']:.2f} ({c['process_python_only']:.2f}) |",
+        f"| `import numpy` | {m['process_numpy_only']:.2f} ({c['process_numpy_only']:.2f}) |",
+        (f"| `import numpy, pyarrow.csv` (the CSV reader) | {m['process_pyarrow_csv_only']:.2f} "
+        f"({c['process_pyarrow_csv_only']:.2f}) |"),
+        (f"| `import pandas` (not imported by the default detect of a CSV any more) | {m['process_pandas_only']:.2f} "
+        f"({c['process_pandas_only']:.2f}) |"),
+        (f"| `import fabguard` (the package alone) | {m['process_fabguard_only']:.2f} "
+        f"({c['process_fabguard_only']:.2f}) |"),
+        (f"| everything detect imports | {m['process_imports_only']:.2f} ({c['process_imports_only']:.2f}); "
+        f"{100 * r['import_share_of_process_ours']:.0f}% of the default detect's wall time |"),
+        (f"| in process: reading and validating the CSV (`load_production`, pyarrow already imported) | "
+        f"{m['load_csv']:.3f} ({c['load_csv']:.3f}) |"),
         "",
-        "The default fit's parts (in process, medians):",
+        ("The default fit's parts (in process, medians, wall (CPU); the rest is the whole fit's CPU seconds less "
+        "its parts', CPU seconds being steadier than wall ones under load):"),
         "",
         "| part | 1 thread | 2 threads |",
         "|---|---|---|",
-        f"| start values (per-step yields, miss rates) | {p1['start']:.3f} s | {p2['start']:.3f} s |",
-        f"| full-data EM ({r['em_updates_detect']} updates) | {p1['em']:.3f} s | {p2['em']:.3f} s |",
-        f"| information SEs (score outer product, its inverse's diagonal) | {p1['information']:.3f} s | "
-        f"{p2['information']:.3f} s |",
-        f"| the rest of `fit` (checks, report table) | {m['fit_ours_1thread'] - sum(p1.values()):.3f} s | "
-        f"{m['fit_ours_2threads'] - sum(p2.values()):.3f} s |",
+        f"| start values (per-step yields, miss rates) | {_pair(p1['start'])} | {_pair(p2['start'])} |",
+        f"| full-data EM ({r['em_updates_detect']} updates) | {_pair(p1['em'])} | {_pair(p2['em'])} |",
+        (f"| information SEs (score outer product, its inverse's diagonal) | {_pair(p1['information'])} | "
+        f"{_pair(p2['information'])} |"),
+        (f"| the rest of `fit` (checks, report table), CPU: the whole fit's median less its parts' (a few ms either way is noise) | {c['fit_ours_1thread'] - sum(v[1] for v in p1.values()):.3f} s "
+        f"| {c['fit_ours_2threads'] - sum(v[1] for v in p2.values()):.3f} s |"),
         "",
         "Full-data EM to its stop (median of 3 runs, 1 thread):",
         "",
@@ -223,17 +257,21 @@ def render(r: dict) -> str:
         lines.append(f"| {name} | {e['updates']} | {e['seconds']:.3f} | {e['max_yield_distance_to_optimum']:.1e} |")
     lines += [
         "",
-        "(The optimum: SQUAREM run until the log-likelihood stops changing; for the authors' stop, the optimum of "
-        "their model.)",
+        ("(The optimum: SQUAREM run until the log-likelihood stops changing; for the authors' stop, the optimum of "
+        "their model.)"),
         "",
-        f"- C++ vs NumPy max |yield difference| after 25 SQUAREM updates: "
+        (f"- C++ vs NumPy max |yield difference| after 25 SQUAREM updates: "
         f"{r['max_abs_yield_difference_cpp_vs_numpy_25_updates']:.1e}; score outer product at the default fit, max "
         f"difference over max entry: {r['max_abs_opg_difference_cpp_vs_numpy_relative']:.1e}; threads 1 and 2 "
         f"bit-identical reports: {r['identical_threads_1_and_2']}; recall / precision on this data set: "
-        f"{r['recall_precision_ours'][0]:.2f} / {r['recall_precision_ours'][1]:.2f}.",
+        f"{r['recall_precision_ours'][0]:.2f} / {r['recall_precision_ours'][1]:.2f}."),
         "",
     ]
     return "\n".join(lines)
+
+
+def _pair(seconds: list) -> str:
+    return f"{seconds[0]:.3f} s ({seconds[1]:.3f})"
 
 
 if __name__ == "__main__":

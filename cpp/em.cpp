@@ -51,16 +51,37 @@ constexpr double kApproach = 100.0;
 constexpr double kStepFactor = 4.0;  // SQUAREM's growth of the largest step (the R package's mstep)
 // E-step chunks: about this many batches each, at most kMaxChunks, their partial sums within
 // kChunkDoubles doubles in all.
-constexpr int64_t kBatchesPerChunk = 32, kMaxChunks = 64, kChunkDoubles = int64_t{1} << 22;
+constexpr int64_t kBatchesPerChunk = 32, kMaxChunks = 16, kChunkDoubles = int64_t{1} << 22;
 
 // Batches are summed in a fixed number of chunks (set by the subset's size, never by the thread
 // count), each into its own partial sums, and the partials added in chunk order: the result is the
-// same whichever thread ran which chunk.
+// same whichever thread ran which chunk. Few chunks: their partials are cleared and added on every
+// update (16 x 3 x machines doubles; 64 cost 0.1 ms an update at 500 machines).
 int64_t n_chunks_for(int64_t n_batches, int64_t n_machines) {
     const int64_t by_size = (n_batches + kBatchesPerChunk - 1) / kBatchesPerChunk;
-    const int64_t by_memory = std::max<int64_t>(1, kChunkDoubles / (3 * n_machines));
+    const int64_t by_memory = std::max<int64_t>(1, kChunkDoubles / (3 * n_machines + 1));
     return std::max<int64_t>(1, std::min({by_size, kMaxChunks, by_memory}));
 }
+
+// Per row, prepared once per fit: its slot, the machine where the step inspects and n_machines
+// elsewhere. A step's pass-through rate is rate[slot] (rate[n_machines] = 1) and its missed defects
+// go to missed[slot] (missed[n_machines] is never read): no branch on the row's inspection flag,
+// which is unpredictable (14% of rows inspect on the simulated fleets). Also, per batch, the rows
+// that detected defects: the log-likelihood's logarithms run over them only.
+struct RowIndex {
+    std::vector<int32_t> slot;
+    std::vector<int64_t> det_ptr, det_rows;
+    explicit RowIndex(const Production& pr) : slot(static_cast<size_t>(pr.n_rows)), det_ptr(1, 0) {
+        const int32_t none = static_cast<int32_t>(pr.n_machines);
+        for (int64_t r = 0; r < pr.n_rows; ++r) slot[r] = pr.inspects[r] ? pr.machine[r] : none;
+        det_ptr.reserve(static_cast<size_t>(pr.n_batches + 1));
+        for (int64_t b = 0; b < pr.n_batches; ++b) {
+            for (int64_t r = pr.first_row(b); r < pr.end_row(b); ++r)
+                if (pr.defects[r] > 0) det_rows.push_back(r);
+            det_ptr.push_back(static_cast<int64_t>(det_rows.size()));
+        }
+    }
+};
 
 struct Scratch {                      // per step of the batch being processed
     std::vector<double> v, t, q, survive;
@@ -72,34 +93,30 @@ struct Scratch {                      // per step of the batch being processed
 // U_{k+1} of the backward recursion (see the top of this file).
 struct StepTerms {
     int64_t k;
-    int32_t machine;
+    int32_t machine, slot;
     double good_after, made, u, u_next;
+    double pass;  // T_k q_k
 };
 
-// E-step of batch b at (p, a): sink(StepTerms) for every step, last to first; returns the batch's
-// log-likelihood terms (detection events and, with escapes, the final pieces) when need_loglik, else 0.
-template <class Sink>
-inline double estep_batch(const Production& pr, int64_t b, bool escapes, bool need_loglik, const double* p,
-                          const double* a, Scratch& s, Sink&& sink) {
-    const int64_t r0 = pr.first_row(b);
-    const int64_t n_steps = pr.end_row(b) - r0;
-    const int32_t* mach = pr.machine + r0;
-    const int64_t* det = pr.defects + r0;
-    const uint8_t* insp = pr.inspects + r0;
-    // Local restrict pointers and running values: the recursions stay in registers instead of
-    // going through memory the compiler must assume aliased.
-    double* __restrict v = s.v.data();
-    double* __restrict t = s.t.data();
-    double* __restrict q = s.q.data();
-    double* __restrict sv = s.survive.data();
-    double loglik = 0.0;
+// The forward recursion of one batch, a step at a time, into s (restrict pointers and running
+// values: the recursion stays in registers instead of going through memory the compiler must
+// assume aliased).
+struct Forward {
+    const int32_t* __restrict mach;
+    const int32_t* __restrict slot;
+    double* __restrict v;
+    double* __restrict t;
+    double* __restrict q;
+    double* __restrict sv;
     double survive = 1.0;  // prod_{s<k} p_s
     double t_pass = 0.0;   // T_{k-1} q_{k-1}
-    for (int64_t k = 0; k < n_steps; ++k) {
-        const int32_t m = mach[k];
-        const double pk = p[m];
-        const double am = a[m];  // loaded whatever the step: a select, not a branch
-        const double qk = insp[k] ? am : 1.0;
+
+    Forward(const Production& pr, const RowIndex& ri, int64_t b, Scratch& s)
+        : mach(pr.machine + pr.first_row(b)), slot(ri.slot.data() + pr.first_row(b)), v(s.v.data()),
+          t(s.t.data()), q(s.q.data()), sv(s.survive.data()) {}
+    inline void step(int64_t k, const double* __restrict p, const double* __restrict rate) {
+        const double pk = p[mach[k]];
+        const double qk = rate[slot[k]];
         const double vk = (1.0 - pk) * survive;
         const double tk = t_pass + vk;
         q[k] = qk;
@@ -109,31 +126,107 @@ inline double estep_batch(const Production& pr, int64_t b, bool escapes, bool ne
         t_pass = tk * qk;
         survive *= pk;
     }
+};
+
+// The backward recursion of a batch whose forward recursion is in s, a step at a time from the
+// last. The constructor takes the final pieces (escapes model) and, when need_loglik, the batch's
+// log-likelihood terms: detection events and the final pieces.
+struct Backward {
+    const int32_t* __restrict mach;
+    const int32_t* __restrict slot;
+    const int64_t* __restrict det;
+    const double* __restrict v;
+    const double* __restrict t;
+    const double* __restrict q;
     double u_next = 0.0;  // U_{k+1}
     double good = 0.0;    // final pieces that are truly good (escapes model)
-    if (escapes) {
-        const double final_good = static_cast<double>(pr.final_good(b));
-        const double unflagged = survive + t_pass;  // t_pass = T_{J-1} q_{J-1}: escapes
-        if (final_good > 0.0) {
-            if (need_loglik) loglik += final_good * std::log(unflagged);
-            u_next = final_good / unflagged;
-            good = final_good * survive / unflagged;
+    double later = 0.0;   // H_k
+    double loglik = 0.0;
+
+    Backward(const Production& pr, const RowIndex& ri, int64_t b, const Forward& f, bool escapes,
+             bool need_loglik)
+        : mach(f.mach), slot(f.slot), det(pr.defects + pr.first_row(b)), v(f.v), t(f.t), q(f.q) {
+        if (escapes) {
+            const double final_good = static_cast<double>(pr.final_good(b));
+            const double unflagged = f.survive + f.t_pass;  // t_pass = T_{J-1} q_{J-1}: escapes
+            if (final_good > 0.0) {
+                if (need_loglik) loglik += final_good * std::log(unflagged);
+                u_next = final_good / unflagged;
+                good = final_good * f.survive / unflagged;
+            }
+        }
+        if (need_loglik) {
+            const int64_t r0 = pr.first_row(b);
+            for (int64_t i = ri.det_ptr[b]; i < ri.det_ptr[b + 1]; ++i) {
+                const int64_t k = ri.det_rows[i] - r0;
+                loglik += static_cast<double>(det[k]) * std::log(t[k]);
+            }
         }
     }
-    if (need_loglik) {  // detection events are rare among steps: their own loop, not a branch per step
-        for (int64_t k = 0; k < n_steps; ++k)
-            if (det[k] > 0) loglik += static_cast<double>(det[k]) * std::log(t[k]);
-    }
-    double later = 0.0;  // H_k
-    for (int64_t k = n_steps - 1; k >= 0; --k) {
+    template <class Sink>
+    inline void step(int64_t k, Sink&& sink) {
         // c = b_k / T_k (0 where T_k = 0): selects, no branch
         const bool positive = t[k] > 0.0;
         const double c = (positive ? static_cast<double>(det[k]) : 0.0) / (positive ? t[k] : 1.0);
         const double u = c + q[k] * u_next;
         const double e = v[k] * u;
-        sink(StepTerms{k, mach[k], later + good, e, u, u_next});
+        sink(StepTerms{k, mach[k], slot[k], later + good, e, u, u_next, t[k] * q[k]});
         later += e;
         u_next = u;
+    }
+};
+
+// E-step of batch b at (p, rate: the pass-through rate per slot, see RowIndex): sink(StepTerms) for
+// every step, last to first; returns the batch's log-likelihood terms when need_loglik, else 0.
+template <class Sink>
+inline double estep_batch(const Production& pr, const RowIndex& ri, int64_t b, bool escapes, bool need_loglik,
+                          const double* p, const double* rate, Scratch& s, Sink&& sink) {
+    const int64_t n_steps = pr.end_row(b) - pr.first_row(b);
+    Forward f(pr, ri, b, s);
+    for (int64_t k = 0; k < n_steps; ++k) f.step(k, p, rate);
+    Backward back(pr, ri, b, f, escapes, need_loglik);
+    for (int64_t k = n_steps - 1; k >= 0; --k) back.step(k, sink);
+    return back.loglik;
+}
+
+// The E-steps of batches[lo, hi) in order, each batch's backward recursion run together with the
+// next one's forward recursion: two independent chains of dependent multiply-adds per loop
+// iteration instead of one, which the processor overlaps. The same operations, in the same order
+// per batch, as estep_batch. s0 and s1 alternate as the batches' scratch.
+template <class Sink>
+inline double estep_range(const Production& pr, const RowIndex& ri, const int64_t* batches, int64_t lo, int64_t hi,
+                          bool escapes, bool need_loglik, const double* p, const double* rate, Scratch& s0,
+                          Scratch& s1, Sink&& sink) {
+    double loglik = 0.0;
+    if (lo >= hi) return loglik;
+    Scratch* cur = &s0;
+    Scratch* nxt = &s1;
+    int64_t b = batches[lo];
+    int64_t n = pr.end_row(b) - pr.first_row(b);
+    Forward f(pr, ri, b, *cur);
+    for (int64_t k = 0; k < n; ++k) f.step(k, p, rate);
+    for (int64_t i = lo; i < hi; ++i) {
+        Backward back(pr, ri, b, f, escapes, need_loglik);
+        loglik += back.loglik;
+        int64_t k = n - 1;
+        if (i + 1 < hi) {
+            const int64_t b_next = batches[i + 1];
+            const int64_t n_next = pr.end_row(b_next) - pr.first_row(b_next);
+            Forward f_next(pr, ri, b_next, *nxt);
+            int64_t j = 0;
+            for (; k >= 0 && j < n_next; --k, ++j) {
+                f_next.step(j, p, rate);
+                back.step(k, sink);
+            }
+            for (; j < n_next; ++j) f_next.step(j, p, rate);
+            for (; k >= 0; --k) back.step(k, sink);
+            f = f_next;
+            b = b_next;
+            n = n_next;
+            std::swap(cur, nxt);
+        } else {
+            for (; k >= 0; --k) back.step(k, sink);
+        }
     }
     return loglik;
 }
@@ -144,18 +237,21 @@ struct Workspace {
     std::vector<uint8_t> present;     // per machine: used in the subset
     std::vector<uint8_t> inspecting;  // per machine: inspects somewhere in the subset
     std::vector<double> d, g, missed; // per machine, per iteration: E, H and S sums
-    std::vector<double> partial;      // per chunk: its E, H and S sums (3 x n_machines)
+    std::vector<double> partial;      // per chunk: its E, H and S sums (3 x n_machines + 1)
     std::vector<double> partial_loglik;
+    std::vector<double> rate;         // per slot: pass-through rate (RowIndex)
     // Parameter vectors (yields, then miss rates; 2 x n_machines) of one SQUAREM cycle.
     std::vector<double> th0, th1, th2, thx, next;
-    std::vector<Scratch> scratch;     // per team worker
+    std::vector<Scratch> scratch;     // two per team worker
     Team& team;
+    const RowIndex& rows;
 
-    Workspace(int64_t n_machines, int64_t max_steps, Team& team_)
+    Workspace(int64_t n_machines, int64_t max_steps, Team& team_, const RowIndex& rows_)
         : good_final(n_machines), detected(n_machines), present(n_machines),
-          inspecting(n_machines), d(n_machines), g(n_machines), missed(n_machines),
+          inspecting(n_machines), d(n_machines), g(n_machines), missed(n_machines), rate(n_machines + 1),
           th0(2 * n_machines), th1(2 * n_machines), th2(2 * n_machines), thx(2 * n_machines),
-          next(2 * n_machines), scratch(static_cast<size_t>(team_.size()), Scratch(max_steps)), team(team_) {}
+          next(2 * n_machines), scratch(static_cast<size_t>(2 * team_.size()), Scratch(max_steps)), team(team_),
+          rows(rows_) {}
 };
 
 // One EM update: E-step at theta (p = theta[0..M), a = theta[M..2M)), M-step into out. Returns the
@@ -165,34 +261,33 @@ double em_update(const Production& pr, const int64_t* batches, int64_t n_batches
     const int64_t n_machines = pr.n_machines;
     const double* p = theta.data();
     const double* a = theta.data() + n_machines;
+    std::copy(a, a + n_machines, ws.rate.begin());
+    ws.rate[n_machines] = 1.0;
     const int64_t n_chunks = n_chunks_for(n_batches, n_machines);
-    ws.partial.assign(static_cast<size_t>(3 * n_machines * n_chunks), 0.0);
+    const int64_t stride = 3 * n_machines + 1;
+    ws.partial.assign(static_cast<size_t>(stride * n_chunks), 0.0);
     ws.partial_loglik.assign(static_cast<size_t>(n_chunks), 0.0);
     ws.team.run(n_chunks, [&](int64_t c, int worker) {
-        double* __restrict d = ws.partial.data() + 3 * n_machines * c;
+        double* __restrict d = ws.partial.data() + stride * c;
         double* __restrict g = d + n_machines;
-        double* __restrict missed = g + n_machines;
-        Scratch& s = ws.scratch[static_cast<size_t>(worker)];
-        const double* __restrict t = s.t.data();
-        const double* __restrict q = s.q.data();
-        double loglik = 0.0;
-        for (int64_t i = n_batches * c / n_chunks; i < n_batches * (c + 1) / n_chunks; ++i) {
-            const int64_t b = batches[i];
-            const uint8_t* insp = pr.inspects + pr.first_row(b);
-            loglik += estep_batch(pr, b, escapes, need_loglik, p, a, s, [&](const StepTerms& st) {
+        double* __restrict missed = g + n_machines;  // n_machines + 1: the last is the sink of RowIndex
+        Scratch& s0 = ws.scratch[static_cast<size_t>(2 * worker)];
+        Scratch& s1 = ws.scratch[static_cast<size_t>(2 * worker + 1)];
+        const int64_t lo = n_batches * c / n_chunks, hi = n_batches * (c + 1) / n_chunks;
+        ws.partial_loglik[static_cast<size_t>(c)] = estep_range(
+            pr, ws.rows, batches, lo, hi, escapes, need_loglik, p, ws.rate.data(), s0, s1,
+            [&](const StepTerms& st) {
                 d[st.machine] += st.made;
                 g[st.machine] += st.good_after;
-                missed[st.machine] += insp[st.k] ? t[st.k] * q[st.k] * st.u_next : 0.0;  // + 0 leaves it exact
+                missed[st.slot] += st.pass * st.u_next;  // S_k; a step that does not inspect: the sink
             });
-        }
-        ws.partial_loglik[static_cast<size_t>(c)] = loglik;
     });
     double loglik = 0.0;
     std::fill(ws.d.begin(), ws.d.end(), 0.0);
     std::fill(ws.g.begin(), ws.g.end(), 0.0);
     std::fill(ws.missed.begin(), ws.missed.end(), 0.0);
     for (int64_t c = 0; c < n_chunks; ++c) {
-        const double* part = ws.partial.data() + 3 * n_machines * c;
+        const double* part = ws.partial.data() + stride * c;
         for (int64_t m = 0; m < n_machines; ++m) {
             ws.d[m] += part[m];
             ws.g[m] += part[n_machines + m];
@@ -369,11 +464,12 @@ bool fit_em(const Production& pr, const Subsets& subsets, const double* p0, cons
     const int n_workers =
         static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, subsets.n_subsets)));
     std::vector<std::unique_ptr<Team>> teams;
+    const RowIndex rows(pr);
     std::vector<Workspace> spaces;
     spaces.reserve(static_cast<size_t>(n_workers));
     for (int w = 0; w < n_workers; ++w) {
         teams.push_back(std::make_unique<Team>(n_workers == 1 ? threads : 1));
-        spaces.emplace_back(pr.n_machines, max_steps, *teams.back());
+        spaces.emplace_back(pr.n_machines, max_steps, *teams.back(), rows);
     }
 
     const int64_t M = pr.n_machines;
@@ -422,37 +518,53 @@ bool inverse_diagonal(const double* a, int64_t n, int threads, double* out) {
         if (!(a[i * n + i] > 0.0)) return false;
         scale[i] = 1.0 / std::sqrt(a[i * n + i]);
     }
-    // Cholesky S = L L^T, row by row (L row-major, lower triangle). A pivot 1 - R^2 at or below
-    // n x epsilon: S is singular to working precision.
+    // Cholesky S = L L^T (L row-major, lower triangle), element (i, j) from row i's earlier elements
+    // and row j. A pivot 1 - R^2 at or below n x epsilon: S is singular to working precision. Rows
+    // go in blocks of kRows, each earlier row read once per block rather than once per row (at 650
+    // parameters L is 3.4 MB, beyond the L2 cache); every element's arithmetic is the same.
+    constexpr int64_t kRows = 32;
     std::vector<double> L(static_cast<size_t>(n * n), 0.0);
     const double cut = static_cast<double>(n) * std::numeric_limits<double>::epsilon();
-    for (int64_t i = 0; i < n; ++i) {
-        double* li = L.data() + i * n;
-        for (int64_t j = 0; j < i; ++j) {
-            const double* lj = L.data() + j * n;
-            li[j] = (a[i * n + j] * scale[i] * scale[j] - dot(li, lj, j)) / lj[j];
+    for (int64_t i0 = 0; i0 < n; i0 += kRows) {
+        const int64_t i1 = std::min(n, i0 + kRows);
+        for (int64_t j = 0; j < i1; ++j) {
+            double* lj = L.data() + j * n;
+            if (j >= i0) {  // row j of this block has its elements 0..j-1: its pivot
+                const double pivot = 1.0 - dot(lj, lj, j);
+                if (!(pivot > cut)) return false;
+                lj[j] = std::sqrt(pivot);
+            }
+            for (int64_t i = std::max(i0, j + 1); i < i1; ++i) {
+                double* li = L.data() + i * n;
+                li[j] = (a[i * n + j] * scale[i] * scale[j] - dot(li, lj, j)) / lj[j];
+            }
         }
-        const double pivot = 1.0 - dot(li, li, i);
-        if (!(pivot > cut)) return false;
-        li[i] = std::sqrt(pivot);
     }
     // diag(S^-1)_i = sum_r X_ri^2, X = L^-1: column i by forward substitution from row i. Columns
-    // are independent; each is computed the same way on any thread.
+    // are independent; each is computed the same way on any thread. A task's block of columns
+    // advances row by row together, so that each row of L is read once per block.
     Team team(threads);
     const int64_t block = 16;
-    std::vector<std::vector<double>> cols(static_cast<size_t>(team.size()), std::vector<double>(static_cast<size_t>(n)));
+    std::vector<std::vector<double>> cols(static_cast<size_t>(team.size()),
+                                          std::vector<double>(static_cast<size_t>(block * n)));
     team.run((n + block - 1) / block, [&](int64_t c, int worker) {
-        std::vector<double>& x = cols[static_cast<size_t>(worker)];
-        for (int64_t i = c * block; i < std::min(n, (c + 1) * block); ++i) {
-            x[i] = 1.0 / L[i * n + i];
-            double sum = x[i] * x[i];
-            for (int64_t r = i + 1; r < n; ++r) {
-                const double* lr = L.data() + r * n;
-                x[r] = -dot(lr + i, x.data() + i, r - i) / lr[r];
-                sum += x[r] * x[r];
-            }
-            out[i] = sum * scale[i] * scale[i];
+        double* x = cols[static_cast<size_t>(worker)].data();  // column c0 + i at x + i * n
+        const int64_t c0 = c * block, c1 = std::min(n, (c + 1) * block);
+        double sums[block];
+        for (int64_t i = c0; i < c1; ++i) {
+            double* xi = x + (i - c0) * n;
+            xi[i] = 1.0 / L[i * n + i];
+            sums[i - c0] = xi[i] * xi[i];
         }
+        for (int64_t r = c0 + 1; r < n; ++r) {
+            const double* lr = L.data() + r * n;
+            for (int64_t i = c0; i < std::min(c1, r); ++i) {
+                double* xi = x + (i - c0) * n;
+                xi[r] = -dot(lr + i, xi + i, r - i) / lr[r];
+                sums[i - c0] += xi[r] * xi[r];
+            }
+        }
+        for (int64_t i = c0; i < c1; ++i) out[i] = sums[i - c0] * scale[i] * scale[i];
     });
     return true;
 }
@@ -464,6 +576,9 @@ double score_outer_product(const Production& pr, const double* p, const double* 
     for (int64_t b = 0; b < pr.n_batches; ++b)
         max_steps = std::max(max_steps, pr.end_row(b) - pr.first_row(b));
     Scratch s(max_steps);
+    const RowIndex rows(pr);
+    std::vector<double> rate(a, a + n_machines);
+    rate.push_back(1.0);
     std::vector<int64_t> slot(static_cast<size_t>(2 * n_machines), -1);  // free parameter -> its place in the batch's list
     std::vector<int64_t> idx;
     std::vector<double> val;
@@ -487,7 +602,7 @@ double score_outer_product(const Production& pr, const double* p, const double* 
         const uint8_t* insp = pr.inspects + r0;
         idx.clear();
         val.clear();
-        loglik += estep_batch(pr, b, true, true, p, a, s, [&](const StepTerms& st) {
+        loglik += estep_batch(pr, rows, b, true, true, p, rate.data(), s, [&](const StepTerms& st) {
             const int32_t m = st.machine;
             // d/dp of H ln p + E ln(1 - p), with E / (1 - p) = survive U (E = (1 - p) survive U): no 0/0 at p = 1
             add(m, st.good_after / p[m] - s.survive[st.k] * st.u);

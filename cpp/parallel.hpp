@@ -87,7 +87,9 @@ namespace fabguard {
 // A fixed team of threads for many short parallel loops of one owner (an EM fit's E-steps): the
 // threads are started once and wait between loops. The caller works as worker 0. Items must not
 // throw. Whatever the team's size, every item runs exactly once, so a loop whose items write to
-// their own outputs gives the same result for any size.
+// their own outputs gives the same result for any size. A loop ends when its items are done: a
+// helper that has not woken by then (its core busy elsewhere) is not waited for, and does not join
+// that loop later.
 class Team {
 public:
     explicit Team(int n_threads) {
@@ -123,32 +125,41 @@ public:
             fn_ = &fn;
             n_items_ = n_items;
             next_.store(0);
-            busy_ = static_cast<int>(helpers_.size());
+            finished_.store(0);
+            open_ = true;
             ++generation_;
         }
         start_.notify_all();
         work(0);
         std::unique_lock<std::mutex> lock(mutex_);
-        done_.wait(lock, [this] { return busy_ == 0; });
+        done_.wait(lock, [this] { return finished_.load() == n_items_ && active_ == 0; });
+        open_ = false;  // under the lock with the check above: no helper joins a finished loop
         fn_ = nullptr;
     }
 
 private:
     void work(int worker) {
-        for (int64_t i = next_.fetch_add(1); i < n_items_; i = next_.fetch_add(1)) (*fn_)(i, worker);
+        for (int64_t i = next_.fetch_add(1); i < n_items_; i = next_.fetch_add(1)) {
+            (*fn_)(i, worker);
+            if (finished_.fetch_add(1) + 1 == n_items_) {
+                std::lock_guard<std::mutex> lock(mutex_);
+                done_.notify_one();
+            }
+        }
     }
     void loop(int worker) {
         uint64_t seen = 0;
         for (;;) {
             {
                 std::unique_lock<std::mutex> lock(mutex_);
-                start_.wait(lock, [&] { return stop_ || generation_ != seen; });
+                start_.wait(lock, [&] { return stop_ || (open_ && generation_ != seen); });
                 if (stop_) return;
                 seen = generation_;
+                ++active_;
             }
             work(worker);
             std::lock_guard<std::mutex> lock(mutex_);
-            if (--busy_ == 0) done_.notify_one();
+            if (--active_ == 0) done_.notify_one();
         }
     }
 
@@ -158,7 +169,9 @@ private:
     const std::function<void(int64_t, int)>* fn_ = nullptr;
     int64_t n_items_ = 0;
     std::atomic<int64_t> next_{0};
-    int busy_ = 0;
+    std::atomic<int64_t> finished_{0};
+    int active_ = 0;  // helpers inside work() of the open loop
+    bool open_ = false;
     uint64_t generation_ = 0;
     bool stop_ = false;
 };

@@ -1,10 +1,13 @@
-"""PatchCore's greedy coreset: the compiled core (cpp/coreset.cpp) vs the former PyTorch loop.
+"""PatchCore's fit time: the compiled coreset (cpp/coreset.cpp) vs the former PyTorch loop, the
+coreset's ratio and projection, and the backbone's feature extraction.
 
 On MVTec AD transistor's training patches (seed-0 split, 232-dim efficientnet-lite0 features):
 selection alone at several sizes (C++ on 1 and 2 threads, the former loop where it is run), the extra
 peak memory of the selection per patch (child processes, synthetic patches made from the real ones),
+image and pixel AUROC per coreset ratio and projection width and seed (features extracted once, the
+detector's own selection and scoring), the backbone's time per image by batch size and memory format,
 and the whole ``PatchCoreDetector.fit`` with its image AUROC per seed. The former fit's numbers are
-those recorded by bench/anomaly/transistor_eval.py before this change (all_metrics.json). CPU
+those recorded by bench/anomaly/transistor_eval.py before the compiled core (all_metrics.json). CPU
 seconds are reported beside wall seconds: the 2 cores are shared, so wall time depends on the load.
 
     OMP_WAIT_POLICY=PASSIVE python bench/anomaly/coreset_speed.py
@@ -24,15 +27,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
-
 from fabguard import _core
+from fabguard.anomaly.backbone import patch_features, patch_heatmap
+from fabguard.anomaly.evaluate import operating_point
 from fabguard.anomaly.images import load_dataset, split
-from fabguard.anomaly.patchcore import PatchCoreDetector
+from fabguard.anomaly.patchcore import PatchCoreDetector, greedy_coreset
 from fabguard.outputs import atomic_path
+from sklearn.metrics import roc_auc_score
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data" / "mvtec_ad_256" / "transistor"
+BEFORE_COMMIT = "5c863da"  # its all_metrics.json holds the fits with the former PyTorch selection
 
 
 def former_loop(features: torch.Tensor, size: int, start: int) -> torch.Tensor:
@@ -52,9 +57,9 @@ def former_loop(features: torch.Tensor, size: int, start: int) -> torch.Tensor:
     return chosen
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
+    out = fn(*args, **kwargs)
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -67,6 +72,67 @@ def training_patches(data: Path, seed: int) -> np.ndarray:
     with torch.inference_mode():
         parts = [scorer.embed(torch.from_numpy(images[train][s:s + 16])) for s in range(0, len(train), 16)]
     return torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in parts]).numpy()
+
+
+def embedded(scorer, images: np.ndarray, batch: int = 16) -> torch.Tensor:
+    """Patch features (N, D, h, w) of the images, as the detector's fit and scoring compute them."""
+    with torch.inference_mode():
+        return torch.cat([scorer.embed(torch.from_numpy(images[s:s + batch])) for s in range(0, len(images), batch)])
+
+
+def configurations(data: Path, configs: list[tuple[float, int]], seeds) -> list[dict]:
+    """Image and pixel AUROC of the test set per (coreset ratio, projection width; 0 = none) and seed:
+    the seed's training split, ``greedy_coreset`` as ``_fit`` calls it, the scorer's distances and
+    heatmaps. The features of all images are computed once (a whole fit per cell would take hours)."""
+    normals, test = load_dataset(str(data), 256, "train"), load_dataset(str(data), 256, "test")
+    scorer = PatchCoreDetector()._scorer(0, pretrained=True).eval()
+    train_f, test_f = embedded(scorer, normals.images), embedded(scorer, test.images)
+    dim = train_f.shape[1]
+    rows = []
+    for seed in seeds:
+        detector = PatchCoreDetector(seed=seed)
+        train, _ = split(len(normals), detector.val_fraction, seed)
+        patches = train_f[train].permute(0, 2, 3, 1).reshape(-1, dim)
+        for ratio, width in configs:
+            k = max(1, round(ratio * len(patches)))
+            chosen, wall, cpu = timed(greedy_coreset, patches, k, seed, projection=width or None)
+            scorer.set_bank(patches[chosen].clone())
+            with torch.inference_mode():
+                dist = torch.cat([scorer.distances(test_f[s:s + 16]) for s in range(0, len(test_f), 16)])
+                heat = patch_heatmap(dist, scorer.kernel, scorer.input_size, scorer.crop_size)
+            rows.append({"seed": seed, "ratio": ratio, "projection": width, "k": k, "select_wall": wall,
+                         "select_cpu": cpu, "image_auroc": float(roc_auc_score(test.labels, dist.flatten(1).amax(1))),
+                         "pixel_auroc": float(roc_auc_score(test.masks.ravel(), heat.numpy().ravel())),
+                         "load": round(os.getloadavg()[0], 1)})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def extraction(data: Path, batches, reps: int = 3, n: int = 64) -> list[dict]:
+    """Backbone time per image of n training images by batch size, contiguous (the layout before) vs
+    channels-last (``PatchCoreScorer.embed``); the variants interleaved, each the median of reps runs."""
+    images = load_dataset(str(data), 256, "train").images[:n]
+    scorer = PatchCoreDetector()._scorer(0, pretrained=True).eval()
+    variants = {"contiguous": lambda x: patch_features(scorer.features, x, scorer.input_size, scorer.crop_size,
+                                                         scorer.pool),
+                "channels_last": scorer.embed}
+
+    def run(embed, batch):
+        return [embed(torch.from_numpy(images[s:s + batch])) for s in range(0, n, batch)]
+
+    times = {(v, b): [] for v in variants for b in batches}
+    with torch.inference_mode():
+        for _ in range(reps + 1):  # the first round warms up and is dropped
+            for (v, b), seen in times.items():
+                _, wall, cpu = timed(run, variants[v], b)
+                seen.append((cpu, wall, os.getloadavg()[0]))
+    rows = []
+    for (v, b), seen in times.items():
+        cpu, wall, load = sorted(seen[1:])[reps // 2]
+        rows.append({"layout": v, "batch": b, "ms_cpu": 1000 * cpu / n, "ms_wall": 1000 * wall / n,
+                     "load": round(load, 1)})
+        print(rows[-1], flush=True)
+    return rows
 
 
 def coverage(x: torch.Tensor, chosen: torch.Tensor) -> float:
@@ -87,12 +153,12 @@ def selection(x: np.ndarray, sizes, old_sizes, ratio: float) -> list[dict]:
         row["k"] = k
         for threads in (1, 2):
             chosen, row[f"cpp{threads}_wall"], row[f"cpp{threads}_cpu"] = timed(
-                lambda: _core.kcenter_greedy(sub, k, 0, threads=threads))
+                _core.kcenter_greedy, sub, k, 0, threads=threads)
             row[f"cpp{threads}_chosen"] = chosen
         row["threads_identical"] = bool(np.array_equal(row.pop("cpp1_chosen"), row["cpp2_chosen"]))
         if n in old_sizes or (n == len(x) and 0 in old_sizes):
             torch.set_num_threads(2)
-            old, row["old_wall"], row["old_cpu"] = timed(lambda: former_loop(torch.from_numpy(sub), k, 0))
+            old, row["old_wall"], row["old_cpu"] = timed(former_loop, torch.from_numpy(sub), k, 0)
             new = torch.from_numpy(row["cpp2_chosen"])
             row["same_indices"] = bool(torch.equal(old, new))
             row["first_difference"] = int(np.argmax(old.numpy() != new.numpy())) if not row["same_indices"] else None
@@ -149,15 +215,23 @@ def one_fit(data: Path, seed: int) -> dict:
     normals, test = load_dataset(str(data), 256, "train"), load_dataset(str(data), 256, "test")
     torch.manual_seed(seed)
     detector, wall, cpu = timed(lambda: PatchCoreDetector(seed=seed).fit(normals.images))
-    scores = detector.score(test.images)[0]
+    scores, heatmaps = detector.score(test.images)
     return {"seed": seed, "fit_wall": wall, "fit_cpu": cpu, "image_auroc": float(roc_auc_score(test.labels, scores)),
+            "pixel_auroc": float(roc_auc_score(test.masks.ravel(), heatmaps.ravel())),
+            "fnr_at_fpr5": operating_point(test.labels, scores)["fnr"],
+            "params": {k: detector.get_params()[k] for k in ("coreset_ratio", "coreset_projection", "batch_size")},
+            "load": round(os.getloadavg()[0], 1),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "bank": len(detector.model_.bank)}
 
 
 def recorded_before(seeds) -> list[dict]:
-    runs = json.loads((REPO / "bench/results/anomaly/transistor/all_metrics.json").read_text())
-    return [{"seed": r["seed"], "fit_wall": r["fit_seconds"], "image_auroc": r["image_auroc"]}
+    """The former fits as transistor_eval.py recorded them, read from the commit before the compiled core
+    replaced the loop (the file is rewritten by every later run of that bench)."""
+    runs = json.loads(subprocess.run(["git", "show", f"{BEFORE_COMMIT}:bench/results/anomaly/transistor/all_metrics.json"],
+                                     cwd=REPO, check=True, capture_output=True, text=True).stdout)
+    return [{"seed": r["seed"], "fit_wall": r["fit_seconds"], "image_auroc": r["image_auroc"],
+             "pixel_auroc": r["pixel_auroc"], "fnr_at_fpr5": r["fnr_at_fpr5"]}
             for r in runs if r["name"] == "patchcore" and r["seed"] in seeds]
 
 
@@ -166,17 +240,17 @@ def write(out: Path, result: dict) -> None:
         tmp.write_text(json.dumps(result, indent=1))
     sel, mem, fits, before = result["selection"], result["memory"], result["fits"], result["fits_before"]
     lines = [
-        "# PatchCore coreset selection: compiled core vs the former PyTorch loop (MVTec AD transistor)", "",
+        "# PatchCore fit time on MVTec AD transistor: coreset selection, projection and ratio, feature extraction", "",
         "Commands (in order; a later one keeps the parts it did not run): "
         + ", ".join(f"`{c}`" for c in result["commands"]) + f". Machine: {result['machine']}; load average at "
         f"the start of the last run {result['load']}",
         "(the 2 cores are shared with other work: wall seconds vary with it, CPU seconds much less).", "",
-        f"Patches: the seed-0 training split's {result['patches']} patches x {result['dim']} features "
-        f"(extraction {result['extract_wall']:.0f} s wall, {result['extract_cpu']:.0f} s CPU). Coreset "
-        "k = 10% of the patches, start index 0, subsets drawn at random.", "",
+        (f"Patches: the seed-0 training split's {result['patches']} patches x {result['dim']} features "
+         f"(extraction {result['extract_wall']:.0f} s wall, {result['extract_cpu']:.0f} s CPU). Coreset "
+         "k = 10% of the patches, start index 0, subsets drawn at random."), "",
         "## Selection alone", "",
-        "| patches | k | C++ 1 thread wall / CPU s | C++ 2 threads wall / CPU s | 1 = 2 threads | former loop "
-        "(2 torch threads) wall / CPU s | CPU ratio former / C++ 1 thread | same indices | k-centre radius former / C++ |",
+        ("| patches | k | C++ 1 thread wall / CPU s | C++ 2 threads wall / CPU s | 1 = 2 threads | former loop "
+         "(2 torch threads) wall / CPU s | CPU ratio former / C++ 1 thread | same indices | k-centre radius former / C++ |"),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in sel:
@@ -194,21 +268,82 @@ def write(out: Path, result: dict) -> None:
               "| patches | features (MiB) | extra peak (MiB) | extra bytes per patch |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['patches']} | {r['features_bytes'] / 2**20:.0f} | {r['extra_peak_bytes'] / 2**20:.0f} | "
               f"{r['extra_bytes_per_patch']:.0f} |" for r in mem]
-    lines += ["", "## Whole fit (`PatchCoreDetector(seed=s).fit` on the 213 normal images, 2 torch threads)", "",
-              "| seed | before: fit wall s (recorded) | before: image AUROC | after: fit wall / CPU s | after: image AUROC | "
-              "after: peak RSS (GiB) |", "| --- | --- | --- | --- | --- | --- |"]
-    old = {r["seed"]: r for r in before}
-    for r in fits:
-        b = old.get(r["seed"], {})
-        lines.append(f"| {r['seed']} | {b.get('fit_wall', float('nan')):.0f} | {b.get('image_auroc', float('nan')):.4f} | "
-                     f"{r['fit_wall']:.0f} / {r['fit_cpu']:.0f} | {r['image_auroc']:.4f} | {r['peak_rss_bytes'] / 2**30:.2f} |")
-    if fits:
-        a = [r["image_auroc"] for r in fits]
-        b = [r["image_auroc"] for r in before]
-        lines += ["", f"Image AUROC mean ± sd: before {np.mean(b):.4f} ± {np.std(b, ddof=1):.4f}, "
-                  f"after {np.mean(a):.4f} ± {np.std(a, ddof=1):.4f}."]
+    lines += configuration_lines(result.get("configs", [])) + extraction_lines(result.get("extraction", []))
+    lines += fit_lines(before, result.get("fits_cpp_full", []), fits)
     with atomic_path(out.with_suffix(".md")) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
+
+
+def fit_lines(before: list[dict], cpp_full: list[dict], fits: list[dict]) -> list[str]:
+    """One row per fit: the former loop (recorded), the compiled selection on all features (recorded
+    here before this change), and this tree's runs, one group per parameter set."""
+    groups = {"former PyTorch loop, recorded by transistor_eval.py": before,
+              "C++ selection on all 232 features, contiguous batch-16 extraction (this file at 5c863da)": cpp_full}
+    for r in fits:
+        groups.setdefault(f"this tree, {r['params']}", []).append(r)
+    lines = ["", "## Whole fit (`PatchCoreDetector(seed=s).fit` on the 213 normal images, 2 torch threads)", "",
+             "Load: 1-min average after the fit; empty cells were not recorded.", "",
+             ("| configuration | seed | fit wall s | fit CPU s | image AUROC | pixel AUROC | FNR at FPR 5% | "
+              "peak RSS (GiB) | load |"), "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def cell(r, key, form):
+        return format(r[key], form) if key in r else ""
+
+    for name, rows in groups.items():
+        for r in rows:
+            rss = f"{r['peak_rss_bytes'] / 2**30:.2f}" if "peak_rss_bytes" in r else ""
+            lines.append(f"| {name} | {r['seed']} | {cell(r, 'fit_wall', '.1f')} | {cell(r, 'fit_cpu', '.1f')} | "
+                         f"{cell(r, 'image_auroc', '.4f')} | {cell(r, 'pixel_auroc', '.4f')} | "
+                         f"{cell(r, 'fnr_at_fpr5', '.3f')} | {rss} | {r.get('load', '')} |")
+    lines.append("")
+    for name, rows in groups.items():
+        image = [r["image_auroc"] for r in rows]
+        cpu = [r["fit_cpu"] for r in rows if "fit_cpu" in r]
+        lines.append(f"* {name}: image AUROC {np.mean(image):.4f} ± {np.std(image, ddof=1):.4f}, fit median "
+                     f"{np.median([r['fit_wall'] for r in rows]):.1f} s wall"
+                     + (f", {np.median(cpu):.1f} s CPU" if cpu else "") + ".")
+    return lines
+
+
+def configuration_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Coreset ratio and projection (features extracted once; image AUROC / pixel AUROC per seed)", "",
+             ("Projection: the seeded Gaussian `random_projection` the selection runs on (0 = the 232 features); "
+              "the bank always holds the full features."), "",
+             "| ratio | projection | k (seed 0) | selection CPU s, median | " + " | ".join(
+                 f"seed {s}" for s in sorted({r['seed'] for r in rows})) + " | image AUROC mean ± sd | "
+             "pixel AUROC mean ± sd |"]
+    seeds = sorted({r["seed"] for r in rows})
+    lines.append("| --- " * (6 + len(seeds)) + "|")
+    for ratio, width in dict.fromkeys((r["ratio"], r["projection"]) for r in rows):
+        cell = [r for r in rows if (r["ratio"], r["projection"]) == (ratio, width)]
+        by_seed = {r["seed"]: r for r in cell}
+        image, pixel = [r["image_auroc"] for r in cell], [r["pixel_auroc"] for r in cell]
+        sd = (lambda v: f" ± {np.std(v, ddof=1):.4f}" if len(v) > 1 else "")
+        lines.append(f"| {ratio:g} | {width} | {cell[0]['k']} | {np.median([r['select_cpu'] for r in cell]):.1f} | "
+                     + " | ".join(f"{by_seed[s]['image_auroc']:.4f} / {by_seed[s]['pixel_auroc']:.4f}"
+                                  if s in by_seed else "" for s in seeds)
+                     + f" | {np.mean(image):.4f}{sd(image)} | {np.mean(pixel):.4f}{sd(pixel)} |")
+    return lines
+
+
+def extraction_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Feature extraction (backbone + pooling, 64 training images, 2 torch threads, median of 3)", "",
+             "| layout | batch | CPU ms / image | wall ms / image | load |", "| --- | --- | --- | --- | --- |"]
+    return lines + [f"| {r['layout']} | {r['batch']} | {r['ms_cpu']:.1f} | {r['ms_wall']:.1f} | {r['load']} |"
+                    for r in rows]
+
+
+def config(text: str) -> tuple[float, int]:
+    """``--configs`` item "0.1:128" -> (0.1, 128)."""
+    ratio, _, width = text.partition(":")
+    try:
+        return float(ratio), int(width or 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected RATIO:PROJECTION such as 0.1:128, got {text!r}") from None
 
 
 def main() -> int:
@@ -220,6 +355,12 @@ def main() -> int:
     parser.add_argument("--old-sizes", nargs="+", type=int, default=[10000, 40000],
                         help="sizes the former loop also runs at (0 = all: about 10 CPU minutes)")
     parser.add_argument("--memory-sizes", nargs="*", type=int, default=[133280, 266560, 533120])
+    parser.add_argument("--configs", nargs="*", type=config, default=[(0.1, 0), (0.1, 128), (0.1, 64), (0.1, 32),
+                                                                         (0.05, 0), (0.05, 64), (0.01, 0), (0.01, 128),
+                                                                         (0.01, 64)],
+                        help="RATIO:PROJECTION pairs for the ratio / projection table (projection 0 = none)")
+    parser.add_argument("--config-seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--extraction", nargs="*", type=int, default=[4, 8, 16, 32], help="batch sizes")
     parser.add_argument("--fit-seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--seed", type=int, default=0, help="seed of the training split whose patches are used")
     parser.add_argument("--one-fit", type=int, help=argparse.SUPPRESS)
@@ -243,8 +384,14 @@ def main() -> int:
         result["selection"] = selection(x, args.sizes, args.old_sizes, 0.1)
     if args.memory_sizes:
         result["memory"] = memory(work / "patches.npy", args.memory_sizes, 1000)
+    if args.configs:
+        result["configs"] = configurations(Path(args.data), args.configs, args.config_seeds)
+    if args.extraction:
+        result["extraction"] = extraction(Path(args.data), args.extraction)
     if args.fit_seeds:
-        result["fits"] = []
+        # fits of other parameter sets stay (the table compares them); this run's replace their own
+        params = PatchCoreDetector().get_params()
+        result["fits"] = [r for r in result.get("fits", []) if any(params[k] != v for k, v in r["params"].items())]
         for seed in args.fit_seeds:
             out = subprocess.run([sys.executable, __file__, "--data", args.data, "--one-fit", str(seed)],
                                  check=True, capture_output=True, text=True).stdout

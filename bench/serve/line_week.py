@@ -306,7 +306,9 @@ async def transistor(args, work: Path) -> dict:
     from fabguard.client import Client
 
     root = Path(args.transistor)
-    detector = PatchCoreDetector(coreset_ratio=0.01, seed=args.seed).fit(load_dataset(root, 256, "train").images)
+    # the settings its recorded results were measured with (before the projection became the default)
+    detector = PatchCoreDetector(coreset_ratio=0.01, coreset_projection=None, seed=args.seed)
+    detector.fit(load_dataset(root, 256, "train").images)
     artifact = export_onnx(detector, work / "patchcore-transistor.onnx", seed=args.seed)
     entries = dataset_entries(root, "test")
     env = {"FABGUARD_TOKEN": TOKEN, "FABGUARD_AUDIT_PASS_RATE": "0.2", "FABGUARD_AUDIT_REJECT_RATE": "0.5",

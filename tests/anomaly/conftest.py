@@ -157,13 +157,16 @@ def _bounds(detector, images) -> tuple[float, float, float]:
         with torch.inference_mode():
             f = m.embed(torch.from_numpy(images))
             mu, _ = m.encode(f)
-            err = m.position_errors(f, mu)
+            raw = m.squared_errors(f, mu)
+            err = raw / m.scale
             residual = float((f - m.decode(mu)).abs().max())
         # the standardisation (x - mean) / std scales the backbone's error by 1 / std; the features f and
         # their reconstruction r are then each within delta, so (f - r)^2 within 2 |f - r| 2 delta + (2 delta)^2;
-        # the mean over D channels adds its own reduction (depth D, sum|x| / D <= the largest error)
+        # the mean over D channels adds its own reduction (depth D, sum|x| / D <= the largest error); dividing
+        # by the per-position training mean scales that by at most 1 / min(scale) and rounds once more
         delta = chain / min(1.0, float(m.std.min()))
-        err_bound = 4 * residual * delta + 4 * delta ** 2 + float32_bound(float(err.max()), f.shape[1])
+        raw_bound = 4 * residual * delta + 4 * delta ** 2 + float32_bound(float(raw.max()), f.shape[1])
+        err_bound = raw_bound / float(m.scale.min()) + float32_bound(float(err.max()), 1)
         # max: no new error (mean: its own reduction over h * w positions); upsampling and the normalised
         # blur do not enlarge it
         score_bound = err_bound + (float32_bound(float(err.max()), err[0].numel()) if m.aggregation == "mean" else 0)

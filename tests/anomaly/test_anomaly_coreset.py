@@ -1,4 +1,5 @@
-"""The compiled greedy k-centre coreset (cpp/coreset.cpp) against exhaustive references.
+"""The compiled greedy k-centre coreset (cpp/coreset.cpp) against exhaustive references; the random
+projection the detector selects on; the channels-last feature extraction.
 
 ``exhaustive`` below is the plain loop over all points with the core's float32 arithmetic written
 out in NumPy (8 lanes summed in order, then a fixed tree): the pruned C++ selection must equal it
@@ -12,10 +13,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from bench.anomaly.coreset_speed import former_loop  # the loop the compiled core replaced
 from fabguard import _core
-from fabguard.anomaly.patchcore import greedy_coreset
+from fabguard.anomaly.backbone import patch_features
+from fabguard.anomaly.patchcore import (
+    PatchCoreDetector,
+    greedy_coreset,
+    parse_projection,
+    random_projection,
+)
+from fabguard.errors import InvalidParameterError
+
+from bench.anomaly.coreset_speed import (
+    former_loop,  # the loop the compiled core replaced
+)
 
 
 def squared_distances(x: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -131,6 +141,77 @@ def test_progress_is_reported_and_its_error_stops_the_run():
         _core.kcenter_greedy(x, 30, 0, progress=fail)
 
 
+def test_projection_keeps_squared_distances_within_the_chi_square_spread_and_is_seeded():
+    """For a fixed pair, |W^T u|^2 / |u|^2 with W of N(0, 1/p) entries is chi-square(p) / p: mean 1, sd
+    sqrt(2 / p) = 0.125 at p = 128. Over 200 pairs the extremes stay within 4 sd (0.5) of 1 and their
+    mean within 0.05 (its sd is under 0.01); a wrong scale (no 1/sqrt(p)) gives ratios near 128."""
+    x = torch.from_numpy(np.random.default_rng(8).normal(size=(400, 232)).astype(np.float32))
+    y = random_projection(x, 128, seed=3)
+    assert y.shape == (400, 128)
+    ratio = ((y[:200] - y[200:]) ** 2).sum(1) / ((x[:200] - x[200:]) ** 2).sum(1)
+    assert 0.5 < float(ratio.min()) and float(ratio.max()) < 1.5 and abs(float(ratio.mean()) - 1) < 0.05
+    assert torch.equal(y, random_projection(x, 128, seed=3))
+    assert not torch.equal(y, random_projection(x, 128, seed=4))
+
+
+def test_projected_selection_is_the_same_for_any_thread_count():
+    """The core's selection does not depend on the thread count; the projection before it must not either
+    (a GEMM that split the 232-term sums across threads would round differently)."""
+    x = torch.from_numpy(blobs(np.random.default_rng(12), 3000, 232))
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            runs.append((random_projection(x, 64, seed=1), greedy_coreset(x, 300, seed=1, projection=64)))
+    finally:
+        torch.set_num_threads(threads)
+    for projected, chosen in runs[1:]:
+        assert torch.equal(projected, runs[0][0]) and torch.equal(chosen, runs[0][1])
+
+
+def test_projected_selection_takes_the_outliers_and_keeps_the_start():
+    """232-dim points within 0.01 x sqrt(232) = 0.15 of the origin and three at distance 10: projected to
+    16 dims an outlier's squared distance is at least 0.1 of its own (chi-square(16) / 16 below 0.1 has
+    probability under 1e-9), far above the cluster's spread, so the first choices are the outliers."""
+    rng = np.random.default_rng(9)
+    points = rng.normal(0, 0.01, (503, 232))
+    points[500:] = 10 * np.eye(3, 232)
+    features = torch.tensor(points, dtype=torch.float32)
+    chosen = greedy_coreset(features, 4, seed=0, projection=16)
+    assert int(chosen[0]) == int(greedy_coreset(features, 1, seed=0)[0])  # the same seeded start
+    assert {500, 501, 502} <= set(chosen.tolist())
+
+
+def test_projection_as_wide_as_the_features_is_not_applied():
+    x = torch.from_numpy(blobs(np.random.default_rng(10), 300, 12))
+    want = greedy_coreset(x, 30, seed=2)
+    assert torch.equal(greedy_coreset(x, 30, seed=2, projection=12), want)
+    assert torch.equal(greedy_coreset(x, 30, seed=2, projection=50), want)
+    assert not torch.equal(greedy_coreset(x, 30, seed=2, projection=6), want)
+
+
+def test_projection_parameter_and_flag():
+    assert PatchCoreDetector().coreset_projection == 64
+    assert parse_projection("0") is None and parse_projection("64") == 64
+    for bad in (0, -3, 2.5, "128"):
+        with pytest.raises(InvalidParameterError, match="coreset_projection"):
+            PatchCoreDetector(coreset_projection=bad).check_params()
+
+
+def test_channels_last_extraction_equals_the_contiguous_one_to_float32_rounding():
+    """Same convolutions, other summation orders: each output of a layer that sums K products moves by at
+    most about K u |sum of |terms||, u = 2^-24, K <= 1,152 here, so ~7e-5 of a layer's scale, compounded
+    over 15 blocks to ~1e-3; a layout mistake (channels taken for columns) moves values by their own size."""
+    scorer = PatchCoreDetector(input_size=64, crop_size=None)._scorer(0, pretrained=True).eval()
+    images = torch.from_numpy(np.random.default_rng(11).uniform(size=(2, 3, 64, 64)).astype(np.float32))
+    with torch.inference_mode():
+        got = scorer.embed(images)
+        want = patch_features(scorer.features, images, 64, 64, scorer.pool)
+    assert got.shape == want.shape
+    assert float((got - want).abs().max()) <= 1e-3 * float(want.abs().max())
+
+
 GOOD = np.random.default_rng(6).normal(size=(50, 4)).astype(np.float32)
 
 
@@ -160,3 +241,20 @@ def with_value(row, col, value):
 def test_bad_input_is_refused_with_a_clear_error(features, k, start, threads, message):
     with pytest.raises(ValueError, match=message):
         _core.kcenter_greedy(features, k, start, threads=threads)
+
+
+def test_a_file_written_before_the_projection_reads_as_fitted_on_all_features(detectors, tmp_path):
+    """A model file without ``coreset_projection`` (written before it existed) selected its coreset on all
+    features: loading it must report None, not today's default of 64."""
+    import torch
+
+    from fabguard.anomaly import load_detector
+
+    path = tmp_path / "pc.pt"
+    detectors["patchcore"].save(path)
+    state = torch.load(path, weights_only=True)
+    del state["metadata"]["params"]["coreset_projection"]
+    torch.save(state, path)
+    assert load_detector(path).get_params()["coreset_projection"] is None
+    detectors["patchcore"].save(path)
+    assert load_detector(path).get_params()["coreset_projection"] == detectors["patchcore"].coreset_projection

@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from tests.anomaly.conftest import latent_bound
-
 from fabguard.anomaly.base import Detector
 from fabguard.anomaly.feature_vae import FeatureVAEDetector
 from fabguard.anomaly.runtime import Inspector
 from fabguard.anomaly.vae import parameter_count
 from fabguard.cli import main
 from fabguard.errors import InputError, InvalidParameterError
+
+from tests.anomaly.conftest import latent_bound
 
 
 def test_the_case_study_architecture_fits_the_budget_with_a_128_dim_latent():
@@ -84,6 +84,34 @@ def test_standardisation_uses_training_statistics(detectors, normals):
     kept = m.std > 1e-6  # a constant channel's sd is clamped, not rescaled to 1
     assert kept.sum() > 0.9 * len(kept)
     assert torch.all(((sd - 1).abs() <= 2 * (u + d * rms * (n / (n - 1)) ** 0.5))[kept])
+
+
+def test_position_errors_are_relative_to_the_training_mean_error(detectors, normals):
+    """``scale`` is each position's mean squared error over the training images (what ``_fit`` used): the
+    training images' relative errors then average 1 at every position."""
+    from fabguard.anomaly.images import split
+
+    detector = detectors["feature-vae"]
+    m, batch = detector.model_, detector.batch_size
+    train, _ = split(len(normals), detector.val_fraction, detector.seed)
+    images = torch.from_numpy(normals.images[train])
+    with torch.inference_mode():  # the batches training used: the same float32 operations, the same bits
+        f = torch.cat([m.embed(images[s:s + batch]) for s in range(0, len(images), batch)])
+        raw = torch.cat([m.squared_errors(x, m.encode(x)[0]) for x in f.split(batch)])
+        relative = torch.cat([m.position_errors(x, m.encode(x)[0]) for x in f.split(batch)])
+    assert m.scale.shape == raw.shape[1:] and torch.equal(m.scale, raw.double().mean(0).float())
+    assert not torch.equal(m.scale, torch.full_like(m.scale, float(m.scale.mean())))  # it varies by position
+    # relative = fl(raw / scale): one rounding each (u = 2^-24), and scale the float64 mean rounded once, so
+    # the float64 mean of relative is 1 within 2u + u^2 (doubled for the float64 sum's own rounding)
+    u = 2.0**-24
+    torch.testing.assert_close(relative.double().mean(0), torch.ones_like(m.scale, dtype=torch.float64),
+                               rtol=0, atol=2 * (2 * u + u * u))
+
+
+def test_a_model_saved_without_the_position_scale_is_refused_clearly(detectors):
+    state = {k: v for k, v in detectors["feature-vae"].model_.state_dict().items() if k != "scale"}
+    with pytest.raises(InputError, match="no 'scale' in its state"):
+        detectors["feature-vae"]._new_module(state)
 
 
 def test_score_is_the_largest_position_error_and_the_heatmap_its_smoothed_map(detectors, test_set):

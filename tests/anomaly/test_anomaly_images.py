@@ -65,6 +65,24 @@ def test_resize_and_bytes_equal_file(tmp_path):
     np.testing.assert_array_equal(from_file, from_bytes)
 
 
+@pytest.mark.parametrize("grey", [True, False])
+def test_resize_of_a_grey_image_resizes_one_channel_with_the_same_result(grey):
+    """The grey shortcut must equal resizing each channel (bit for bit: the same PIL call on the same data);
+    an image whose channels differ in one pixel takes the per-channel path."""
+    from fabguard.anomaly.images import resize
+
+    rng = np.random.default_rng(1)
+    chw = np.repeat(rng.random((1, 40, 30), dtype=np.float32), 3, axis=0)
+    if not grey:
+        chw[2, 5, 5] = 1.0 - chw[2, 5, 5]
+    per_channel = np.clip(np.stack([np.asarray(Image.fromarray(c, mode="F").resize((16, 16), Image.BILINEAR))
+                                    for c in chw]), 0.0, 1.0)
+    out = resize(chw, 16)
+    np.testing.assert_array_equal(out, per_channel)
+    assert out.shape == (3, 16, 16) and out.flags.c_contiguous
+    assert np.array_equal(out[0], out[2]) == grey
+
+
 @pytest.mark.parametrize("content, message", [
     (b"\x89PNG\r\n\x1a\n garbage", "cannot decode"),
     (b"II*\x00garbage-tiff", "cannot decode TIFF"),

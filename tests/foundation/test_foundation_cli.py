@@ -82,3 +82,17 @@ def test_a_ctrl_c_swallowed_by_a_callback_is_delivered_again():
             "except KeyboardInterrupt:\n    print('interrupted')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "interrupted" and "Exception ignored" not in done.stderr, (done.stdout, done.stderr)
+
+
+def test_version_is_the_installed_one_and_looked_up_only_when_asked():
+    """``--version`` prints the installed distribution's version; a command that does not ask for it
+    never imports importlib.metadata (45 ms of every start)."""
+    from importlib.metadata import version
+
+    out = subprocess.run([sys.executable, "-m", "fabguard", "--version"], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout.strip()) == (0, f"fabguard {version('fabguard')}")
+    probe = ("import sys; from fabguard.cli import main\n"
+             "try: main(['yield', '--help'])\nexcept SystemExit: pass\n"
+             "print('importlib.metadata' in sys.modules, file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stderr.strip().splitlines()[-1] == "False"

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fabguard.errors import InputError
-from fabguard.machine_yield import LowYieldDetector, load_production
+from fabguard.machine_yield import LowYieldDetector, load_production, simulate
 
 
 def test_valid_table_is_grouped_by_batch_in_step_order(table):
@@ -223,3 +223,55 @@ def _error_of(call) -> str:
     with pytest.raises(InputError) as info:
         call()
     return str(info.value)
+
+
+@pytest.mark.parametrize("ids", ["text", "integer"])
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_typed_csv_read_matches_the_pandas_read(tmp_path, ids, suffix):
+    """A long-format CSV that pyarrow types (read without pandas) gives the records pandas gives:
+    rows shuffled, text or integer ids, steps without a machine id, gzip, and a file large enough
+    (60,000 rows) for pyarrow to read in several blocks, each with its own dictionary of ids."""
+    from fabguard.machine_yield.data import _read_typed_csv, _validate
+    from pyarrow import csv
+
+    frame = simulate(40, 3000, 3, seed=5).data.to_frame().sample(frac=1.0, random_state=1).reset_index(drop=True)
+    if ids == "integer":
+        frame["machine"] = frame["machine"].str[1:].astype(int)
+        frame["batch"] = frame["batch"].str[1:].astype(int)
+    else:
+        frame.loc[[3, 50], "machine"] = None  # an empty cell
+    path = tmp_path / f"records{suffix}"
+    frame.to_csv(path, index=False)
+    assert _read_typed_csv(path) is not None  # the pandas-free path is the one taken
+    assert csv.read_csv(path).column("batch").num_chunks > 1
+    fast, ref = load_production(path), _validate(pd.read_csv(path, skipinitialspace=True), str(path))
+    for name in ("batch_ids", "machine_ids", "batch_ptr", "machine", "pieces_in", "defects", "inspects"):
+        assert np.array_equal(getattr(fast, name), getattr(ref, name)), name
+    assert [type(v) for v in fast.machine_ids] == [type(v) for v in ref.machine_ids]
+    assert (("(no machine id)" in set(fast.machine_ids)) == (ids == "text")) and fast.source == str(path)
+
+
+def test_csv_cells_pyarrow_does_not_type_go_through_pandas(table, tmp_path):
+    """A count written as text, or an unquoted true/false as 1/0, is read by pandas, with its messages."""
+    from fabguard.machine_yield.data import _read_typed_csv
+
+    path = tmp_path / "records.csv"
+    table.assign(pieces_in=table["pieces_in"].astype(str).where(table.index != 2, "ten")).to_csv(path, index=False)
+    assert _read_typed_csv(path) is None
+    with pytest.raises(InputError, match="row 3, batch 'B1', column 'pieces_in': not a number: 'ten'"):
+        load_production(path)
+    table.assign(inspected=(table["defects"] > 0).astype(int)).to_csv(path, index=False)
+    assert _read_typed_csv(path) is None and load_production(path).inspects.sum() == 4
+    # one machine written two ways: pandas reads both as the integer 7
+    table.assign(machine=["7", "07", "3", "4", "7", "3", "4"]).to_csv(path, index=False)
+    assert _read_typed_csv(path) is None and list(load_production(path).machine_ids) == [7, 3, 4]
+
+
+@pytest.mark.parametrize("machines", [["1.5", "2", "3", "4", "1.5", "3", "4"], ["True", "False", "TRUE", "false"] * 2])
+def test_ids_pandas_reads_as_floats_or_booleans_go_through_pandas(table, tmp_path, machines):
+    from fabguard.machine_yield.data import _read_typed_csv
+
+    path = tmp_path / "records.csv"
+    table.assign(machine=machines[: len(table)]).to_csv(path, index=False)
+    assert _read_typed_csv(path) is None
+    assert set(load_production(path).machine_ids) == set(pd.read_csv(path)["machine"])

@@ -274,3 +274,29 @@ def test_detector_accepts_every_input_format(small_sim, tmp_path):
     b = LowYieldDetector(resamples=4, n_bootstrap=300).fit({c: frame[c].to_numpy() for c in frame}).report_.machines
     pd.testing.assert_frame_equal(a, b)
     assert load_production(small_sim.data) is small_sim.data
+
+
+def test_text_report_is_laid_out_as_pandas_would(small_sim):
+    """to_text lays the table out without pandas; the layout is DataFrame.to_string's."""
+    cut = int(np.median(small_sim.data.usage_columns()["batches"]))  # about half the machines: too few batches
+    report = LowYieldDetector(threads=1, min_batches=cut).fit(small_sim.data).report_
+    m = report.machines
+    assert (m["status"] == "too few batches").any() and m["q_value"].isna().any()  # '-' cells
+    shown = m[m["low_yield"] | (np.arange(len(m)) < 12)]
+    columns = ["machine", "batches", "pieces", "yield", "ci_low", "ci_high", "p_value", "q_value", "miss_rate",
+               "status", "low_yield"]
+    expected = shown[columns].to_string(
+        index=False, formatters=dict.fromkeys(("yield", "ci_low", "ci_high", "miss_rate"), "{:.4f}".format)
+        | dict.fromkeys(("p_value", "q_value"), "{:.2e}".format), na_rep="-")
+    assert report.to_text(12).split("\n", 1)[1] == expected
+
+
+def test_median_is_numpys_nanmedian():
+    from fabguard.machine_yield.detector import median
+
+    rng = np.random.default_rng(4)
+    for n in [*range(1, 30), 499, 500]:
+        x = rng.random(n) * 10.0 ** rng.integers(-3, 4)
+        x[rng.random(n) < 0.2] = np.nan
+        expected = np.nanmedian(x) if np.isfinite(x).any() else np.nan
+        assert median(x) == expected or (np.isnan(expected) and np.isnan(median(x)))

@@ -410,7 +410,20 @@ def test_import_loads_no_heavy_package():
             "my.LowYieldDetector; print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "[]"  # import and parser: numpy only
-    assert out[1] == "['pandas']"  # the EM detector: what its default uses, no more (scipy: other modes)
+    assert out[1] == "[]"  # the EM detector: pandas and scipy are imported where used (other inputs, modes)
+
+
+def test_default_detect_on_csv_needs_neither_pandas_nor_scipy(tmp_path):
+    """The default screen of a long-format CSV file, text report included: pyarrow reads it, numpy
+    validates it, and the report table is laid out without pandas (its import costs more than the fit).
+    (More batches than parameters: fewer would fall back to the bootstrap interval, which uses scipy.)"""
+    path = tmp_path / "records.csv"
+    simulate(30, 300, 2, seed=3).data.to_frame().to_csv(path, index=False)
+    code = ("import sys; from fabguard.cli import main; "
+            f"main(['yield', 'detect', {str(path)!r}, '--quiet', '--threads', '2']); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pandas', 'scipy', 'tqdm', 'matplotlib'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "low-yield:" in out and out.rstrip().split("\n")[-1] == "[]", out
 
 
 def test_lazy_names_are_the_real_objects():

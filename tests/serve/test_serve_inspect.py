@@ -134,3 +134,107 @@ def test_metrics_after_inspections(client, api, wafer_images):
     assert 'route="/api/v1/inspections/{inspection_id}",status="404"' in text
     assert "fabguard_queue_depth 0.0" in text and "fabguard_requests_in_flight 1.0" in text  # the scrape itself
     assert f"fabguard_model_serving{{{version}}} 1.0" in text
+
+
+def _batcher(max_wait_ms: float):
+    """A Batcher over a stub model that records each ONNX Runtime call's batch size."""
+    from types import SimpleNamespace
+
+    from fabguard.anomaly.thresholds import Thresholds
+    from fabguard.serve.engine import Batcher
+    from fabguard.serve.metrics import Metrics
+    from fabguard.serve.registry import Loaded
+
+    calls, logged = [], []
+
+    def run(session, batch, n):
+        calls.append(len(batch))
+        return [batch.mean(axis=(1, 2, 3)), batch[:, 0], np.zeros((len(batch), 128), np.float32)]
+
+    inspector = SimpleNamespace(input_size=4, max_batch=8, session=None, run=run,
+                                thresholds=Thresholds(0.5, 0.8, 0.95, 0.995, 100))
+    registry = SimpleNamespace(serving=Loaded("stub-v1.0.0", inspector, ("score", "heatmap", "latent")))
+    batcher = Batcher(registry, Metrics(8), max_batch=8, max_wait_ms=max_wait_ms)
+    batcher.log = logged.extend
+    return batcher, calls, logged
+
+
+def _image(value: float):
+    return lambda: np.full((3, 4, 4), value, np.float32)
+
+
+def test_requests_decoding_together_are_scored_in_one_call():
+    """Eight requests whose decodes end together: the first waits for the seven still decoding (max wait
+    5 s, far more than they need), so the model is called once with all eight, and each gets its own score."""
+    import asyncio
+    import threading
+
+    async def main():
+        batcher, calls, logged = _batcher(max_wait_ms=5000)
+        batcher.start()
+        gate = threading.Event()
+
+        def decode(value):
+            gate.wait(10)
+            return _image(value)()
+
+        tasks = [asyncio.ensure_future(batcher.score(lambda v=i / 10: decode(v), {"id": str(i), "wafer_id": "W"}))
+                 for i in range(8)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        answers = await asyncio.gather(*tasks)
+        await batcher.stop()
+        return calls, logged, answers
+
+    calls, logged, answers = asyncio.run(main())
+    assert calls == [8] and len(logged) == 8
+    assert [round(result.score, 6) for result, _, _ in answers] == [round(i / 10, 6) for i in range(8)]
+    assert [row["id"] for _, row, _ in answers] == [str(i) for i in range(8)]
+
+
+def test_a_lone_request_does_not_wait_and_a_bad_image_gets_its_own_error():
+    """With a 10 s max wait, a lone request is answered at once (nobody else is decoding), and a decode
+    error reaches that request only."""
+    import asyncio
+    import time
+
+    from fabguard.errors import InputError
+
+    def bad():
+        raise InputError("image: damaged")
+
+    async def main():
+        batcher, calls, _ = _batcher(max_wait_ms=10_000)
+        batcher.start()
+        start = time.perf_counter()
+        result, row, _ = await batcher.score(_image(0.9), {"id": "a", "wafer_id": "W"})
+        elapsed = time.perf_counter() - start
+        with pytest.raises(InputError, match="damaged"):
+            await batcher.score(bad, {"id": "b", "wafer_id": "W"})
+        again, _, _ = await batcher.score(_image(0.1), {"id": "c", "wafer_id": "W"})
+        await batcher.stop()
+        return elapsed, result, again, calls
+
+    elapsed, result, again, calls = asyncio.run(main())
+    assert elapsed < 5.0, f"a lone request waited {elapsed:.2f} s"  # the wait it must not do is 10 s
+    assert (result.decision, again.decision) == ("REJECT", "PASS") and calls == [1, 1]
+
+
+def test_a_failing_model_call_answers_its_requests_and_the_batcher_lives_on():
+    """An exception in the ONNX Runtime call (or in the log commit) is each waiting request's answer; the
+    inference thread goes on serving the next request."""
+    import asyncio
+
+    async def main():
+        batcher, calls, _ = _batcher(max_wait_ms=1)
+        run = batcher.registry.serving.inspector.run
+        batcher.registry.serving.inspector.run = lambda *a: (_ for _ in ()).throw(RuntimeError("device lost"))
+        batcher.start()
+        with pytest.raises(RuntimeError, match="device lost"):
+            await batcher.score(_image(0.9), {"id": "a", "wafer_id": "W"})
+        batcher.registry.serving.inspector.run = run
+        result, _, _ = await batcher.score(_image(0.9), {"id": "b", "wafer_id": "W"})
+        await batcher.stop()
+        return result
+
+    assert asyncio.run(main()).decision == "REJECT"

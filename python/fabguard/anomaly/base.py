@@ -69,6 +69,9 @@ class Detector(ValidatedParams, BaseEstimator, ABC):
     cli_options: ClassVar[dict[str, CLIOption]] = {}  # parameter -> its flag of `fabguard anomaly train`
     reference_label: ClassVar[str] = "reconstruction"  # what ``reference`` shows, for the error gallery
     has_latent: ClassVar[bool] = False  # the module's third output is a latent vector per image
+    # parameters added since files were first written -> the value that gives the older behaviour, for
+    # a file that does not name them (its ``get_params`` must say how it was fitted, not today's default)
+    added_params: ClassVar[dict] = {}
     loss_label: ClassVar[str] = "reconstruction"  # the reconstruction loss in ``history_`` (loss curves)
     _parameter_constraints: ClassVar[dict] = {
         "input_size": [Interval(int, MIN_SIZE, None)],
@@ -227,7 +230,7 @@ class Detector(ValidatedParams, BaseEstimator, ABC):
         except InputError as exc:
             raise ModelFileError(f"{where}: {exc}") from None
         try:
-            detector = cls(**meta["params"]).check_params()
+            detector = cls(**{**cls.added_params, **meta["params"]}).check_params()
         except (TypeError, InputError) as exc:
             raise ModelFileError(f"{where}: model parameters refused ({exc})") from None
         if detector.input_size != meta["input_size"]:

@@ -76,12 +76,14 @@ def loss_curves(history: list[dict], path, recon: str) -> None:
     for key, label in (("train_recon", f"reconstruction ({recon}), train"), ("val_recon", "reconstruction, validation"),
                        ("train_total", "total = reconstruction + beta KL, train")):
         left.plot(epochs, [h[key] for h in history], label=label)
-    left.set(xlabel="epoch", ylabel="loss per image", title="VAE reconstruction and total loss")
-    left.legend()
+    # log scale: the first epochs' loss is hundreds of times the converged one, which a linear axis flattens
+    left.set(xlabel="epoch", ylabel="loss per image (log scale)", title="VAE reconstruction and total loss",
+             yscale="log")
+    left.legend(fontsize=7)
     right.plot(epochs, [h["train_kl"] for h in history], color="tab:red", label="KL, train")
     right.set(xlabel="epoch", ylabel="KL per image", title="KL and its weight beta (annealed)")
     twin = right.twinx()
     twin.plot(epochs, [h["beta"] for h in history], color="grey", linestyle=":", label="beta")
     twin.set_ylabel("beta")
-    right.legend(loc="upper right")
+    right.legend(loc="center right", fontsize=7)
     _save(fig, path)

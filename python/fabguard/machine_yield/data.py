@@ -3,6 +3,12 @@
 Row numbers in error messages count data rows from 1 in the order given (a CSV header is not a
 row), so that ``row 7`` is the seventh record of the file or table.
 
+pandas is imported only where it is used: a long-format CSV whose columns pyarrow reads with their
+types (counts as integers, ids as text or integers) is validated on numpy arrays, so that
+``fabguard yield detect FILE.csv`` does not pay pandas' import (0.5 s, more than the EM); any
+other input (a DataFrame, Parquet, the authors' format, cells pyarrow does not type) goes through
+pandas, with the same checks after the types are settled.
+
 Validated arrays are read-only, and every fit checks them again (:meth:`ProductionData.check`, then
 the C++ core before it trusts an index): arrays written to after validation, or a
 ``ProductionData`` built by hand, end in an :class:`~fabguard.errors.InputError`, never a crash.
@@ -10,18 +16,23 @@ the C++ core before it trusts an index): arrays written to after validation, or 
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from fabguard.errors import InputError
 from fabguard.params import Options, check
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REQUIRED = ("batch", "step", "machine", "pieces_in", "defects")
 #: The machine of a step whose machine id is missing: such steps are kept (their pieces and defects
@@ -69,7 +80,7 @@ class ProductionData:
     def n_rows(self) -> int:
         return len(self.machine)
 
-    def check(self) -> "ProductionData":
+    def check(self) -> ProductionData:
         """Check the arrays' types, lengths, index ranges and counts again (in the C++ core, O(rows)):
         they may have been written to since validation, or built by hand. Raises InputError."""
         self._core_view()
@@ -138,23 +149,29 @@ class ProductionData:
         every fit)."""
         return self._core_view()
 
-    def machine_usage(self) -> pd.DataFrame:
-        """Per machine: batches that used it, uses (steps), pieces processed, whether it inspects."""
+    def usage_columns(self) -> dict:
+        """Per machine, as numpy arrays: batches that used it, uses (steps), pieces processed,
+        defects detected, whether it inspects."""
         m = self.machine
-        pairs = np.unique(self.batch_of_row.astype(np.int64) * self.n_machines + m)
-        return pd.DataFrame(
-            {
-                "machine": self.machine_ids,
-                "batches": np.bincount(pairs % self.n_machines, minlength=self.n_machines),
-                "uses": np.bincount(m, minlength=self.n_machines),
-                "pieces": np.bincount(m, weights=self.pieces_in, minlength=self.n_machines).astype(np.int64),
-                "detected": np.bincount(m, weights=self.defects, minlength=self.n_machines).astype(np.int64),
-                "inspects": np.bincount(m, weights=self.inspects, minlength=self.n_machines) > 0,
-            }
-        )
+        return {
+            "machine": self.machine_ids,
+            "batches": np.bincount(m[self.first_use], minlength=self.n_machines),
+            "uses": np.bincount(m, minlength=self.n_machines),
+            "pieces": np.bincount(m, weights=self.pieces_in, minlength=self.n_machines).astype(np.int64),
+            "detected": np.bincount(m, weights=self.defects, minlength=self.n_machines).astype(np.int64),
+            "inspects": np.bincount(m, weights=self.inspects, minlength=self.n_machines) > 0,
+        }
+
+    def machine_usage(self) -> pd.DataFrame:
+        """:meth:`usage_columns` as a DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.usage_columns())
 
     def to_frame(self) -> pd.DataFrame:
         """The records as a long table in the input format."""
+        import pandas as pd
+
         starts = self.batch_ptr[:-1]
         return pd.DataFrame(
             {
@@ -195,19 +212,24 @@ def load_production(source, format: str = "auto", in_progress: str = "include") 
     check("in_progress", in_progress, Options(("include", "exclude")), owner="load_production")
     if isinstance(source, ProductionData):
         return source.check()
+    typed = _read_typed_csv(source) if format != "authors" else None
+    if typed is not None:
+        return _build(typed)
     frame, name = _read(source)
-    if format == "authors" or (format == "auto" and _is_authors(frame)):
+    if format == "authors" or (format == "auto" and _is_authors(frame.columns)):
         return _from_authors(frame, name, in_progress == "include")
     return _validate(frame, name)
 
 
-def _is_authors(frame: pd.DataFrame) -> bool:
-    columns = [str(c) for c in frame.columns]
+def _is_authors(columns) -> bool:
+    columns = [str(c) for c in columns]
     return all(c in columns for c in AUTHORS) and any(_PROCESS.match(c) for c in columns)
 
 
 def _from_authors(frame: pd.DataFrame, name: str, in_progress: bool) -> ProductionData:
     """The authors' wide rows as long rows (one for one), validated with the file's column names."""
+    import pandas as pd
+
     columns = {str(c): c for c in frame.columns}
     missing = [c for c in AUTHORS if c not in columns]
     process = {int(m.group(1)): columns[c] for c in columns if (m := _PROCESS.match(c))}
@@ -217,7 +239,7 @@ def _from_authors(frame: pd.DataFrame, name: str, in_progress: bool) -> Producti
     names = {"batch": "Lot", "step": "Final", "pieces_in": "CurrentTotalNum", "defects": "BadNum",
              "machine": "Process<step>_MachineNo"}
     frame = frame.rename(columns={columns[c]: c for c in AUTHORS})
-    where = _Where(frame.rename(columns={"Lot": "batch"}), name, names)
+    where = _Where(_batch_of(frame, "Lot"), name, names)
     for column in ("Lot", "Final", "CurrentTotalNum", "TotalNum", "BadNum"):
         nulls = np.flatnonzero(frame[column].isna().to_numpy())
         if len(nulls):
@@ -252,6 +274,8 @@ def _from_authors(frame: pd.DataFrame, name: str, in_progress: bool) -> Producti
 
 
 def _read(source) -> tuple[pd.DataFrame, str]:
+    import pandas as pd
+
     if isinstance(source, pd.DataFrame):
         return source.reset_index(drop=True), "DataFrame"
     if isinstance(source, Mapping):
@@ -259,48 +283,211 @@ def _read(source) -> tuple[pd.DataFrame, str]:
         if len(set(lengths.values())) > 1:
             raise InputError(f"dict input: columns have different lengths {lengths}")
         return pd.DataFrame({k: np.asarray(v).reshape(-1) for k, v in source.items()}), "dict"
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_dir():
-            raise InputError(f"{path}: is a folder; give a CSV or Parquet file")
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
-        suffixes = "".join(path.suffixes[-2:]).lower()
-        try:
-            if path.suffix.lower() in (".parquet", ".pq"):
-                return pd.read_parquet(path).reset_index(drop=True), str(path)
-            if path.suffix.lower() in (".csv", ".txt") or suffixes.endswith((".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")):
-                return pd.read_csv(path, skipinitialspace=True), str(path)
-        except (ValueError, OSError, pd.errors.ParserError) as exc:
-            raise InputError(f"{path}: cannot be read: {exc}") from exc
-        raise InputError(f"{path}: unknown format (use .csv, .csv.gz or .parquet)")
-    raise InputError(f"cannot read production records from {type(source).__name__}")
+    path = _file(source)
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path).reset_index(drop=True), str(path)
+        if _is_csv(path):
+            return pd.read_csv(path, skipinitialspace=True), str(path)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise InputError(f"{path}: cannot be read: {exc}") from exc
+    raise InputError(f"{path}: unknown format (use .csv, .csv.gz or .parquet)")
+
+
+def _file(source) -> Path:
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(f"cannot read production records from {type(source).__name__}")
+    path = Path(source)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a CSV or Parquet file")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    return path
+
+
+def _is_csv(path: Path) -> bool:
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    return path.suffix.lower() in (".csv", ".txt") or suffixes.endswith((".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz"))
+
+
+#: Cells read as missing: pandas.read_csv's defaults.
+_NULLS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+          "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+
+
+@dataclass
+class _Typed:
+    """Long-format records with their types settled, in input order; codes number values in order of
+    first appearance."""
+
+    name: str
+    where: _Where
+    batch_codes: np.ndarray
+    batch_ids: np.ndarray
+    step: np.ndarray
+    pieces_in: np.ndarray
+    defects: np.ndarray
+    machine_codes: np.ndarray
+    machine_values: np.ndarray
+    inspected: np.ndarray | None
+
+
+def _read_typed_csv(source) -> _Typed | None:
+    """A plain or gzipped long-format CSV read by pyarrow, when every column it needs comes typed as
+    pandas would type it: counts as integers within 2^53 without gaps, batch and machine ids as text
+    or as integers without gaps (a missing machine is a step without one), ``inspected`` (if present)
+    as true/false without gaps, and no space after a delimiter (pandas is asked to skip those). None
+    for anything else, which then goes through pandas, whose messages name the offending cell.
+    pyarrow.compute is not used: its import alone costs 50 ms."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    path = Path(source)
+    if not path.is_file() or not "".join(path.suffixes[-2:]).lower().endswith((".csv", ".txt", ".csv.gz")):
+        return None
+    import pyarrow as pa
+    from pyarrow import csv
+
+    try:
+        raw = path.read_bytes()
+        if path.suffix.lower() == ".gz":
+            import gzip
+
+            raw = gzip.decompress(raw)
+        if raw.startswith(b" ") or b", " in raw or b"\n " in raw:
+            return None
+        text = pa.dictionary(pa.int32(), pa.string())
+        table = csv.read_csv(pa.py_buffer(raw), convert_options=csv.ConvertOptions(
+            null_values=_NULLS, strings_can_be_null=True, column_types={"batch": text, "machine": text}))
+    except (pa.ArrowException, OSError, ValueError, EOFError):
+        return None
+    names = table.column_names
+    if (len(set(names)) < len(names) or table.num_rows == 0 or any(c not in names for c in REQUIRED)
+            or _is_authors(names)):
+        return None
+    counts = {}
+    for c in COUNTS:
+        col = table.column(c).combine_chunks()
+        if col.type != pa.int64() or col.null_count:
+            return None
+        counts[c] = _buffer(col, np.int64)
+        if np.abs(counts[c]).max() > MAX_COUNT:
+            return None
+    inspected = None
+    if "inspected" in names:
+        col = table.column("inspected").combine_chunks()
+        if col.type != pa.bool_() or col.null_count:
+            return None
+        inspected = _bits(col.buffers()[1], col.offset, len(col))
+    coded = {c: _dictionary(table.column(c), c == "machine") for c in ("batch", "machine")}
+    if coded["batch"] is None or coded["machine"] is None:
+        return None
+    where = _Where(_coded(*coded["batch"]), str(path))
+    return _Typed(str(path), where, *coded["batch"], counts["step"], counts["pieces_in"], counts["defects"],
+                  *coded["machine"], inspected)
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _dictionary(column, may_miss: bool):
+    """(codes, values) of a dictionary-encoded text column, codes in order of first appearance. Values
+    that are all integers become integers (pandas reads such a column as int64); a missing value
+    (allowed where ``may_miss``: the machine) becomes ``NO_MACHINE``. None where pandas would read
+    the column otherwise: numbers that are not all integers (pandas: floats), true/false, missing
+    values not allowed or among integers (pandas: floats), integers beyond int64 or written two
+    ways ("7", "07")."""
+    index: dict = {}
+    parts, nulls = [], []
+    for chunk in column.chunks:  # each chunk has its own dictionary
+        remap = np.array([index.setdefault(v, len(index)) for v in chunk.dictionary.to_pylist()] + [0], dtype=np.int64)
+        valid = chunk.buffers()[0]
+        null = (~_bits(valid, chunk.offset, len(chunk)) if valid is not None and chunk.null_count else
+                np.zeros(len(chunk), dtype=bool))
+        # a null's index is unspecified: point it at the last entry, the 0 appended
+        parts.append(remap[np.where(null, len(remap) - 1, _buffer(chunk.indices, np.int32))])
+        nulls.append(null)
+    codes, missing = np.concatenate(parts), np.concatenate(nulls)
+    values = list(index)
+    if values and (all(map(_is_number, values)) or all(v.lower() in ("true", "false") for v in values)):
+        if missing.any() or not all(_INTEGER.fullmatch(v) for v in values):  # pandas: floats, booleans
+            return None
+        numbers = [int(v) for v in values]
+        if len(set(numbers)) < len(numbers) or not all(-(2**63) <= v < 2**63 for v in numbers):
+            return None
+        values = numbers
+    if missing.any():
+        if not may_miss:
+            return None
+        codes = np.where(missing, len(values), codes)
+        values.append(NO_MACHINE)
+    return codes, np.array(values + [None], dtype=object)[:-1]  # [None]: a 1-d array of objects
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _buffer(array, dtype) -> np.ndarray:
+    """The values of a pyarrow array of fixed-width type, as numpy, read from its buffer (pyarrow's
+    to_numpy imports pandas)."""
+    width = np.dtype(dtype).itemsize
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * width)
+
+
+def _bits(buffer, offset: int, length: int) -> np.ndarray:
+    """A pyarrow bitmap (booleans, validity) as a numpy bool array."""
+    bits = np.unpackbits(np.frombuffer(buffer, dtype=np.uint8), bitorder="little")
+    return bits[offset:offset + length].astype(bool)
+
+
+def _coded(codes: np.ndarray, values: np.ndarray):
+    return lambda row: values[codes[row]] if codes[row] >= 0 else None
+
+
+def _batch_of(frame: pd.DataFrame, column: str = "batch"):
+    if column not in frame.columns:
+        return lambda row: None
+    series = frame[column]
+    return lambda row: series.iat[row]
 
 
 class _Where:
     """Builds 'source: row N, batch B, column C: ...' messages for the original row order.
 
-    ``names`` maps the long format's column names to the file's; ``rows`` maps a row of ``frame``
-    to its row in the file (when rows were dropped)."""
+    ``batch_at(row)`` is the batch of a row (None if unknown); ``names`` maps the long format's
+    column names to the file's; ``rows`` maps a row to its row in the file (when rows were dropped)."""
 
-    def __init__(self, frame: pd.DataFrame, name: str, names: dict | None = None, rows: np.ndarray | None = None):
-        self.frame = frame
+    def __init__(self, batch_at, name: str, names: dict | None = None, rows: np.ndarray | None = None):
+        self.batch_at = batch_at
         self.name = name
         self.names = names or {}
         self.rows = rows
 
     def fail(self, row: int, column: str | None, what: str) -> InputError:
-        batch = self.frame["batch"].iat[row] if "batch" in self.frame else None
+        batch = self.batch_at(row)
         where = f"{self.name}: row {(row if self.rows is None else int(self.rows[row])) + 1}"
-        if batch is not None and not pd.isna(batch):
+        if not _missing(batch):
             where += f", batch {_plain(batch)}"
         if column:
             where += f", column {self.names.get(column, column)!r}"
         return InputError(f"{where}: {what}")
 
 
+def _missing(value) -> bool:
+    """pandas.isna of a cell; without pandas loaded the cells came from pyarrow: None or NaN."""
+    if "pandas" in sys.modules:
+        return bool(sys.modules["pandas"].isna(value))
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _validate(frame: pd.DataFrame, name: str, names: dict | None = None, rows: np.ndarray | None = None) -> ProductionData:
-    where = _Where(frame, name, names, rows)
+    """Settle the types of a long-format table with pandas (the messages name the offending cell),
+    then :func:`_build`."""
+    where = _Where(_batch_of(frame), name, names, rows)
     if len(frame) == 0:
         raise InputError(f"{name}: no rows")
     missing = [c for c in REQUIRED if c not in frame.columns]
@@ -308,14 +495,33 @@ def _validate(frame: pd.DataFrame, name: str, names: dict | None = None, rows: n
         raise InputError(f"{name}: missing column(s) {missing}; found {list(frame.columns)}")
     if frame["machine"].isna().any():
         frame = frame.assign(machine=frame["machine"].astype(object).where(frame["machine"].notna(), NO_MACHINE))
-        where.frame = frame
+        where.batch_at = _batch_of(frame)
     for column in REQUIRED:
         nulls = np.flatnonzero(frame[column].isna().to_numpy())
         if len(nulls):
             raise where.fail(int(nulls[0]), column, "missing value")
     counts = {c: _integers(frame, c, where) for c in COUNTS}
     inspected = _booleans(frame, "inspected", where) if "inspected" in frame.columns else None
+    (batch_codes, batch_ids), (machine_codes, machine_values) = (_factorize(frame, c, name) for c in ("batch", "machine"))
+    where.batch_at = _coded(batch_codes, np.array(batch_ids, dtype=object))
+    return _build(_Typed(name, where, batch_codes, np.array(batch_ids, dtype=object), counts["step"],
+                         counts["pieces_in"], counts["defects"], machine_codes,
+                         np.array(machine_values, dtype=object), inspected))
 
+
+def _factorize(frame: pd.DataFrame, column: str, name: str):
+    import pandas as pd
+
+    try:
+        return pd.factorize(frame[column].to_numpy(), sort=False)
+    except TypeError as exc:
+        raise InputError(f"{name}: column {column!r} holds values that cannot be compared: {exc}") from exc
+
+
+def _build(t: _Typed) -> ProductionData:
+    """Check typed records (steps, counts, routes) and sort them into batches."""
+    where, counts = t.where, {"step": t.step, "pieces_in": t.pieces_in, "defects": t.defects}
+    inspected = t.inspected
     bad = np.flatnonzero(counts["step"] < 1)
     if len(bad):
         raise where.fail(int(bad[0]), "step", f"step numbers start at 1, got {counts['step'][bad[0]]}")
@@ -332,20 +538,20 @@ def _validate(frame: pd.DataFrame, name: str, names: dict | None = None, rows: n
         if len(bad):
             raise where.fail(int(bad[0]), "defects", "defects detected at a step marked inspected=false")
 
-    try:
-        batch_codes, batch_ids = pd.factorize(frame["batch"], sort=False)
-    except TypeError as exc:
-        raise InputError(f"{name}: column 'batch' holds values that cannot be compared: {exc}") from exc
-    dup = np.flatnonzero(pd.DataFrame({"b": batch_codes, "s": counts["step"]}).duplicated().to_numpy())
-    if len(dup):
-        raise where.fail(int(dup[0]), "step", f"step {counts['step'][dup[0]]} appears twice in this batch")
-
+    batch_codes = t.batch_codes
     order = np.lexsort((counts["step"], batch_codes))
     b_sorted = batch_codes[order]
+    steps = counts["step"][order]
+    # a (batch, step) pair seen before: equal neighbours in the sorted order (stable, so the later
+    # rows of the file); the first such row of the file
+    dup = order[1:][(b_sorted[1:] == b_sorted[:-1]) & (steps[1:] == steps[:-1])]
+    if len(dup):
+        r = int(dup.min())
+        raise where.fail(r, "step", f"step {counts['step'][r]} appears twice in this batch")
+
     starts = np.flatnonzero(np.r_[True, b_sorted[1:] != b_sorted[:-1]])
     batch_ptr = np.r_[starts, len(order)].astype(np.int64)
     position = np.arange(len(order)) - np.repeat(starts, np.diff(batch_ptr)) + 1
-    steps = counts["step"][order]
     gap = np.flatnonzero(steps != position)
     if len(gap):
         k = int(gap[0])
@@ -368,10 +574,7 @@ def _validate(frame: pd.DataFrame, name: str, names: dict | None = None, rows: n
             f"{pieces[k]} pieces enter step {steps[k]} but only {left[k]} left step {steps[k] - 1}",
         )
 
-    try:
-        machine_codes, machine_ids = pd.factorize(frame["machine"].to_numpy()[order], sort=False)
-    except TypeError as exc:
-        raise InputError(f"{name}: column 'machine' holds values that cannot be compared: {exc}") from exc
+    machine_codes, machine_ids = _first_appearance(t.machine_codes[order], t.machine_values)
     if inspected is None:
         detects = np.bincount(machine_codes, weights=defects, minlength=len(machine_ids)) > 0
         inspects = detects[machine_codes]
@@ -379,15 +582,26 @@ def _validate(frame: pd.DataFrame, name: str, names: dict | None = None, rows: n
         inspects = inspected[order]
     _check_totals(machine_codes, pieces, order, machine_ids, where)
     return ProductionData(
-        batch_ids=_frozen(np.array(batch_ids, dtype=object)),
-        machine_ids=_frozen(np.array(machine_ids, dtype=object)),
+        batch_ids=_frozen(t.batch_ids),
+        machine_ids=_frozen(machine_ids),
         batch_ptr=_frozen(batch_ptr),
         machine=_frozen(machine_codes.astype(np.int32)),
         pieces_in=_frozen(np.ascontiguousarray(pieces, dtype=np.int64)),
         defects=_frozen(np.ascontiguousarray(defects, dtype=np.int64)),
         inspects=_frozen(np.ascontiguousarray(inspects, dtype=np.uint8)),
-        source=name,
+        source=t.name,
     )
+
+
+def _first_appearance(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes renumbered 0, 1, ... in the order the values first appear in ``codes``, and the values
+    in that order (those that do not appear are dropped)."""
+    used, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    rank = np.empty(len(used), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(used))
+    ids = np.empty(len(used), dtype=object)
+    ids[rank] = values[used]
+    return rank[inverse.reshape(-1)], ids
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -420,6 +634,8 @@ def _overflowing_total(machine: np.ndarray, pieces: np.ndarray, n_machines: int)
 
 
 def _integers(frame: pd.DataFrame, column: str, where: _Where) -> np.ndarray:
+    import pandas as pd
+
     raw = frame[column]
     if pd.api.types.is_bool_dtype(raw.dtype):
         raise InputError(f"{where.name}: column {column!r} holds true/false values, not counts")
@@ -452,6 +668,8 @@ def _plain(value) -> str:
 
 
 def _booleans(frame: pd.DataFrame, column: str, where: _Where) -> np.ndarray:
+    import pandas as pd
+
     raw = frame[column]
     if raw.dtype == bool:
         return raw.to_numpy()

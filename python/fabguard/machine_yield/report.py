@@ -1,19 +1,25 @@
-"""The result of a low-yield screen: a table per machine, the flagged list, JSON and a forest plot."""
+"""The result of a low-yield screen: a table per machine, the flagged list, JSON and a forest plot.
+
+The table may be handed over as numpy columns and becomes a pandas DataFrame on first access, so
+that the command line's text report (:meth:`YieldReport.to_text`) needs no pandas import.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from fabguard.errors import InputError
 from fabguard.outputs import atomic_path
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-@dataclass
+
 class YieldReport:
     """Per-machine estimates and the low-yield list of one screening method.
 
@@ -22,26 +28,51 @@ class YieldReport:
     low_yield``. ``significant`` marks machines whose yield is significantly below the threshold;
     ``low_yield`` is the list to act on. ``display_limit`` caps how many flagged machines
     :meth:`to_text` lists (the fdr rule's ``max_candidates``: a display limit, not a decision).
-    Methods add their own columns (see each estimator).
+    Methods add their own columns (see each estimator). ``machines`` may be given as a mapping of
+    column name to equal-length numpy arrays.
     """
 
-    method: str
-    machines: pd.DataFrame
-    threshold: float
-    alpha: float
-    params: dict = field(default_factory=dict)
-    summary: dict = field(default_factory=dict)
-    display_limit: int | None = None
+    def __init__(self, method: str, machines, threshold: float, alpha: float, params: dict | None = None,
+                 summary: dict | None = None, display_limit: int | None = None):
+        self.method = method
+        self._columns = dict(machines) if isinstance(machines, Mapping) else None
+        self._frame = None if isinstance(machines, Mapping) else machines
+        self.threshold = threshold
+        self.alpha = alpha
+        self.params = {} if params is None else params
+        self.summary = {} if summary is None else summary
+        self.display_limit = display_limit
+
+    def __repr__(self) -> str:
+        return (f"YieldReport(method={self.method!r}, machines={len(self._column('machine'))}, "
+                f"threshold={self.threshold!r}, low_yield={self.low_yield!r})")
+
+    @property
+    def machines(self) -> pd.DataFrame:
+        """The per-machine table (a DataFrame; built from the columns on first access)."""
+        if self._frame is None:
+            import pandas as pd
+
+            self._frame = pd.DataFrame(self._columns)
+        return self._frame
+
+    def _column(self, name: str) -> np.ndarray:
+        return self._columns[name] if self._frame is None else self._frame[name].to_numpy()
+
+    def _names(self) -> list:
+        return list(self._columns) if self._frame is None else list(self._frame.columns)
 
     @property
     def low_yield(self) -> list:
         """Flagged machines, lowest estimated yield first (for commonality: smallest p first)."""
-        return self.machines.loc[self.machines["low_yield"], "machine"].tolist()
+        return self._column("machine")[self._column("low_yield").astype(bool)].tolist()
 
     def to_pandas(self) -> pd.DataFrame:
         return self.machines.copy()
 
     def to_dict(self) -> dict:
+        import pandas as pd
+
         records = json.loads(self.machines.to_json(orient="records", double_precision=15))
         return {
             "method": self.method,
@@ -64,30 +95,26 @@ class YieldReport:
 
     def to_text(self, top: int = 15) -> str:
         """A terminal table: the flagged machines and the lowest ``top`` estimates."""
-        m = self.machines
-        flagged = m["low_yield"].to_numpy(bool, copy=True)
+        flagged = self._column("low_yield").astype(bool)
         if self.display_limit is not None:
             flagged &= np.cumsum(flagged) <= self.display_limit
-        shown = m[flagged | (np.arange(len(m)) < top)]
-        columns = [c for c in ("machine", "batches", "pieces", "yield", "ci_low", "ci_high", "p_value",
-                               "q_value", "miss_rate", "status", "low_yield") if c in shown.columns]
-        table = shown[columns].to_string(
-            index=False,
-            formatters={c: "{:.4f}".format for c in ("yield", "ci_low", "ci_high", "miss_rate")}
-            | {c: "{:.2e}".format for c in ("p_value", "q_value")},
-            na_rep="-",
-        )
+        shown = flagged | (np.arange(len(flagged)) < top)
+        columns = {c: self._column(c)[shown] for c in ("machine", "batches", "pieces", "yield", "ci_low", "ci_high",
+                                                         "p_value", "q_value", "miss_rate", "status", "low_yield")
+                   if c in self._names()}
+        table = text_table(columns, dict.fromkeys(("yield", "ci_low", "ci_high", "miss_rate"), "{:.4f}".format)
+                           | dict.fromkeys(("p_value", "q_value"), "{:.2e}".format))
         low = self.low_yield
         listed = low if self.display_limit is None else low[: self.display_limit]
-        head = (f"{self.method}: {len(m)} machines, threshold {self.threshold:.5f}, alpha {self.alpha}; "
+        head = (f"{self.method}: {len(flagged)} machines, threshold {self.threshold:.5f}, alpha {self.alpha}; "
                 f"low-yield: {', '.join(map(str, listed)) or 'none'}")
         if len(listed) < len(low):
             head += f" ... ({len(low)} flagged; the first {len(listed)} listed)"
-        significant = int(m["significant"].sum())
+        significant = int(self._column("significant").sum())
         if significant > len(low):
             head += f" ({significant} significant; the list is capped at {len(low)})"
-        if "status" in m:
-            few = int((m["status"] == "too few batches").sum())
+        if "status" in self._names():
+            few = int((self._column("status") == "too few batches").sum())
             if few:
                 head += f"; {few} machine(s) in too few batches to tell"
         return head + "\n" + table
@@ -132,6 +159,25 @@ class YieldReport:
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, dpi=120, format=str(path).rsplit(".", 1)[-1].lower())
         return fig
+
+
+def text_table(columns: dict, formats: dict) -> str:
+    """Columns of numpy arrays as ``DataFrame.to_string(index=False, formatters=formats,
+    na_rep="-")`` lays them out, without pandas: right-aligned, one space apart, each as wide as its
+    longest cell; the header of a column of unformatted numbers or booleans takes a leading space,
+    where pandas keeps room for a sign; a missing value is "-"."""
+    blocks = []
+    for name, values in columns.items():
+        fmt = formats.get(name, str)
+        cells = ["-" if _is_missing(v) else fmt(v) for v in values]
+        head = name if name in formats or values.dtype.kind in "OUS" else " " + name
+        width = max([len(head), *map(len, cells)])
+        blocks.append([head.rjust(width), *(c.rjust(width) for c in cells)])
+    return "\n".join(" ".join(row) for row in zip(*blocks))
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
 
 
 def require_matplotlib() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from fabguard.cli import typed
@@ -46,6 +47,9 @@ def cmd_serve(args) -> int:
     from fabguard.serve.config import load_settings
 
     settings = load_settings(args.config, home=args.home, db=args.db, token_file=args.token_file)
+    # a request's thread that needs the GIL while the after-answer thread renders a heatmap waits up to the
+    # switch interval, 5 ms by default: a tenth of it keeps that wait inside the latency budget's margin
+    sys.setswitchinterval(5e-4)
     # keep-alive longer than clients' and load balancers' idle timeouts (60 s is common): otherwise the
     # server may close a connection just as a client reuses it, and that request fails with a read error
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False,

@@ -1,4 +1,7 @@
-"""Shared dependencies: the service, its settings, the bearer token, the size-limited request body."""
+"""Shared dependencies: the service, its settings, the bearer token, the size-limited request body.
+
+All are ``async``: FastAPI runs a plain ``def`` dependency on its thread pool, a thread hop per dependency
+per request for work that never blocks."""
 
 from __future__ import annotations
 
@@ -15,11 +18,11 @@ IMAGE_TYPES = ("application/octet-stream", "image/png", "image/tiff")
 bearer = HTTPBearer(auto_error=False, description="the service token (--token-file or FABGUARD_TOKEN)")
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     return request.app.state.service
 
 
-def get_settings(service: Annotated[Service, Depends(get_service)]) -> Settings:
+async def get_settings(service: Annotated[Service, Depends(get_service)]) -> Settings:
     return service.settings
 
 
@@ -31,13 +34,13 @@ def _check_token(credentials: HTTPAuthorizationCredentials | None, settings: Set
         raise HTTPException(401, "wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_token(settings: Annotated[Settings, Depends(get_settings)],
+async def require_token(settings: Annotated[Settings, Depends(get_settings)],
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
     """Write endpoints: the token is always required."""
     _check_token(credentials, settings)
 
 
-def inspect_token(settings: Annotated[Settings, Depends(get_settings)],
+async def inspect_token(settings: Annotated[Settings, Depends(get_settings)],
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
     """Inspection and history: the token is required only with ``token_on_inspect``."""
     if settings.token_on_inspect:

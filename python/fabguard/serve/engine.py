@@ -1,10 +1,10 @@
 """Inference off the event loop, with dynamic batching, and what each image's result holds.
 
-A request decodes its image on a worker thread, then queues it. One worker task takes the first queued
-image and, while other requests are still decoding or queued, waits at most ``max_wait_ms`` for them (up to
-``max_batch``), then scores the batch in one ONNX Runtime call on a dedicated thread, as Triton's
-``dynamic_batching`` does, and commits its inspections to the log in one transaction (a group commit); a
-lone request never waits. The serving model and the running experiment are
+A request decodes its image on a worker thread, then queues it. The inference thread takes the first
+queued image and, while other requests are still decoding or queued, waits at most ``max_wait_ms`` for them
+(up to ``max_batch``), then scores the batch in one ONNX Runtime call, as Triton's ``dynamic_batching``
+does, and commits its inspections to the log in one transaction (a group commit); a lone request never
+waits. The serving model and the running experiment are
 read once per batch, so a promotion, rollback or canary change never mixes versions inside a group, and
 each result names the version that scored it (a canary candidate scores its wafers in its own call).
 """
@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -84,29 +85,29 @@ def score_batch(model: Loaded, arrays: list[np.ndarray]) -> list[Result]:
 
 
 class Batcher:
-    """Gathers concurrent requests into batches and runs them off the event loop."""
+    """Gathers concurrent requests into batches and scores them on its own thread, off the event loop.
+
+    A request crosses threads twice: the event loop hands its bytes to a decoding thread, which queues
+    the pixels for the inference thread, which hands the answer back to the loop (no asyncio task in
+    between, whose wake-ups would add to every answer's latency)."""
 
     def __init__(self, registry: Registry, metrics: Metrics, max_batch: int, max_wait_ms: float):
         self.registry, self.metrics = registry, metrics
         self.log: Callable[[list[dict]], None] | None = None  # commits a group's inspections (set by the app)
         self.experiments = None  # fabguard.serve.experiments.Experiments, set by the app
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.arriving = 0  # requests decoding their image: a batch waits for them, never for nobody
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="fabguard-inference")
-        self.task: asyncio.Task | None = None
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="fabguard-inference", daemon=True)
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.thread.start()
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-        self.executor.shutdown(wait=True)
+        """Score what is queued, then end the inference thread."""
+        self.queue.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self.thread.join)
 
     async def score(self, decode, row: dict) -> tuple[Result, dict, np.ndarray]:
         """Decode (``decode()`` on a worker thread), score and log one image; ``row`` holds the inspection's
@@ -114,66 +115,82 @@ class Batcher:
         that decided it: ``production`` or ``canary``) and the decoded image (for a shadow candidate)."""
         if self.registry.serving is None:
             raise NotReady("no model is serving yet")
-        self.arriving += 1
-        try:
-            array = await asyncio.get_running_loop().run_in_executor(None, decode)
-        finally:
-            self.arriving -= 1  # before the put below, with no await between: the batcher sees one or the other
-        future = asyncio.get_running_loop().create_future()
-        self.metrics.queue_depth.inc()
-        self.queue.put_nowait((array, row, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self.lock:
+            self.arriving += 1
+        loop.run_in_executor(None, self._decode_and_queue, decode, row, future, loop)  # answers via ``future``
         return await future
 
-    async def _gather(self) -> list:
-        loop = asyncio.get_running_loop()
-        jobs = [await self.queue.get()]
-        deadline = loop.time() + self.max_wait
+    def _decode_and_queue(self, decode, row: dict, future: asyncio.Future, loop) -> None:
+        try:
+            array = decode()
+        except BaseException as exc:  # noqa: BLE001  (the request's answer: 415, 413, ...)
+            with self.lock:
+                self.arriving -= 1
+            loop.call_soon_threadsafe(_deliver, future, None, exc)
+            return
+        self.metrics.queue_depth.inc()
+        self.queue.put((array, row, future, loop))
+        with self.lock:  # after the put: the inference thread sees the job queued or still arriving
+            self.arriving -= 1
+
+    def _gather(self) -> list | None:
+        """The next batch (None: stop). Waits at most ``max_wait`` past the first job, and only while
+        other requests are still decoding."""
+        first = self.queue.get()
+        if first is None:
+            return None
+        jobs = [first]
+        deadline = time.monotonic() + self.max_wait
         while len(jobs) < self.max_batch:
             try:
-                jobs.append(self.queue.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
-            left = deadline - loop.time()
-            if left <= 0 or self.arriving == 0:
-                break
-            try:
-                jobs.append(await asyncio.wait_for(self.queue.get(), left))
-            except TimeoutError:
-                break
-        self.metrics.queue_depth.dec(len(jobs))
-        return [job for job in jobs if not job[-1].cancelled()]  # clients that went away
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = await self._gather()
-            if not jobs:
-                continue
-            model = self.registry.serving  # read once: each group is scored by one version
-            running = self.experiments.running if self.experiments is not None else None
-            canary = [running is not None and running.decides(row["wafer_id"]) for _, row, _ in jobs]
-            self.metrics.batch_size.observe(len(jobs))
-            for arm, use in (("production", model), ("canary", running.candidate if running else None)):
-                group = [job for job, c in zip(jobs, canary) if c == (arm == "canary")]
-                if not group:
-                    continue
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.arriving == 0:
+                    break
                 try:
-                    results, rows = await loop.run_in_executor(self.executor, self._score_and_log, use, arm,
-                                                               [a for a, _, _ in group], [r for _, r, _ in group])
-                except Exception as exc:  # delivered to each waiting request, which turns it into its answer
-                    for *_, future in group:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                self.metrics.inference.observe(results[0].inference_ms / 1e3)
-                for (array, _, future), result, row in zip(group, results, rows):
-                    if not future.done():
-                        future.set_result((result, row, array))
+                    job = self.queue.get(timeout=left)
+                except queue.Empty:
+                    break
+            if job is None:
+                self.queue.put(None)  # stop after this batch
+                break
+            jobs.append(job)
+        self.metrics.queue_depth.dec(len(jobs))
+        return [job for job in jobs if not job[2].cancelled()]  # clients that went away
+
+    def _run(self) -> None:
+        while (jobs := self._gather()) is not None:
+            try:
+                self._score_groups(jobs)
+            except Exception as exc:  # noqa: BLE001  (the thread must live on: each request gets an answer)
+                for _, _, future, loop in jobs:
+                    loop.call_soon_threadsafe(_deliver, future, None, exc)
+
+    def _score_groups(self, jobs: list) -> None:
+        model = self.registry.serving  # read once: each group is scored by one version
+        running = self.experiments.running if self.experiments is not None else None
+        canary = [running is not None and running.decides(row["wafer_id"]) for _, row, _, _ in jobs]
+        self.metrics.batch_size.observe(len(jobs))
+        for arm, use in (("production", model), ("canary", running.candidate if running else None)):
+            group = [job for job, c in zip(jobs, canary) if c == (arm == "canary")]
+            if not group:
+                continue
+            try:
+                results, rows = self._score_and_log(use, arm, [j[0] for j in group], [j[1] for j in group])
+            except Exception as exc:  # noqa: BLE001  (delivered to each waiting request: its answer)
+                for _, _, future, loop in group:
+                    loop.call_soon_threadsafe(_deliver, future, None, exc)
+                continue
+            self.metrics.inference.observe(results[0].inference_ms / 1e3)
+            for (array, _, future, loop), result, row in zip(group, results, rows):
+                loop.call_soon_threadsafe(_deliver, future, (result, row, array), None)
 
     def _score_and_log(self, model: Loaded, arm: str, arrays: list[np.ndarray], rows: list[dict]):
-        """Score a group and commit its inspections in one transaction (on the inference thread): each is
-        in the log before its answer is sent, at one commit per batch."""
+        """Score a group and commit its inspections in one transaction: each is in the log before its
+        answer is sent, at one commit per batch."""
         from fabguard.serve.drift import encode_latent
 
         results = score_batch(model, arrays)
@@ -183,3 +200,13 @@ class Batcher:
                  "arm": arm, "latent": encode_latent(r.latent)} for row, r in zip(rows, results)]
         self.log(rows)
         return results, rows
+
+
+def _deliver(future: asyncio.Future, result, exc: BaseException | None) -> None:
+    """On the event loop: answer a waiting request, unless its client went away."""
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)

@@ -50,7 +50,7 @@ class FinalResponse(BaseModel):
     final_score: list[float | None]
 
 
-def get_router(service: Annotated[Service, Depends(get_service)]):
+async def get_router(service: Annotated[Service, Depends(get_service)]):
     if service.router is None:
         raise HTTPException(404, "no active-inspection model is configured (set router_dir / FABGUARD_ROUTER_DIR "
                                  "to a folder written by `fabguard active train`)")

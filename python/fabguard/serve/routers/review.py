@@ -39,7 +39,7 @@ PROBLEMS = {401: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Pro
 router = APIRouter(tags=["review"], responses=PROBLEMS)
 
 
-def label_token(settings: Annotated[Settings, Depends(get_settings)],
+async def label_token(settings: Annotated[Settings, Depends(get_settings)],
                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
     """Posting a label: the service token or ``review_token``."""
     if credentials is None:
