@@ -1,5 +1,7 @@
 """Loading and validation of production records: every rule, every input format."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,6 +91,12 @@ def test_file_errors_name_the_file(table, tmp_path):
     bad.write_bytes(b"not parquet")
     with pytest.raises(InputError, match="cannot be read"):
         load_production(bad)
+    # bytes that are not text (an image posted as a CSV): the typed reader's header is not UTF-8
+    for name, content in (("image.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x01"),
+                          ("latin1.csv", "batch,step,machine,pieces_in,d\xe9fauts\n1,1,M1,10,0\n".encode("latin-1"))):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(InputError, match=re.escape(str(tmp_path / name))):
+            load_production(tmp_path / name)
 
 
 def test_dict_with_unequal_columns():

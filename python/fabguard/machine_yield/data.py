@@ -358,9 +358,9 @@ def _read_typed_csv(source) -> _Typed | None:
         text = pa.dictionary(pa.int32(), pa.string())
         table = csv.read_csv(pa.py_buffer(raw), convert_options=csv.ConvertOptions(
             null_values=_NULLS, strings_can_be_null=True, column_types={"batch": text, "machine": text}))
-    except (pa.ArrowException, OSError, ValueError, EOFError):
+        names = table.column_names  # decoded here: a header that is not UTF-8 raises UnicodeDecodeError
+    except (pa.ArrowException, OSError, ValueError, EOFError):  # ValueError includes UnicodeDecodeError
         return None
-    names = table.column_names
     if (len(set(names)) < len(names) or table.num_rows == 0 or any(c not in names for c in REQUIRED)
             or _is_authors(names)):
         return None
