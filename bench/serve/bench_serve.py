@@ -4,17 +4,17 @@
     python bench/serve/bench_serve.py --seconds 10 --clients 20   # a quick run
 
 1. load: ``--clients`` concurrent clients for ``--seconds`` with dynamic batching (max batch 16, max wait
-   2 ms) and without (max batch 1): requests, errors, throughput, p50 / p99; in the batched run the model
-   is promoted at 1/3 and rolled back at 2/3 of the time (failed requests and rollback time counted);
+   2 ms) and without (max batch 1): requests, errors, throughput, p50 / p99; in each run the model is
+   promoted at 1/3 and rolled back at 2/3 of the time (failed requests and rollback time counted);
 2. kill -9 during load, restart: every inspection answered 200 is in the log; SQLite integrity check;
 3. PostgreSQL stopped during load (when its server binaries are installed): how inspections fail
    (status, time to answer) and when the service answers 200 again by itself;
 4. latency at concurrency 1, the case study's budget table: per-stage times measured in process
-   (decode, resize, ONNX Runtime, score + decision, heatmap PNG, JSON serialisation, log commit) and
-   HTTP end-to-end; HTTP p99 against inference p99.
+   (decode, resize, ONNX Runtime, score + decision, heatmap planes after the answer, heatmap PNG drawn on
+   GET, JSON serialisation, log commit) and HTTP end-to-end; HTTP p99 against inference p99.
 
-Images: synthetic 256 x 256 wafers (seeded). Model: the bundled default (PCA) and, for the switch, a second
-PCA model fitted with seed 3. Writes bench/results/serve/serve.md and serve.json.
+Images: synthetic 256 x 256 wafers (seeded). Model: the bundled default and, for the switch, a small PCA
+model fitted with seed 3. Writes bench/results/serve/serve.md and serve.json.
 """
 
 from __future__ import annotations
@@ -151,21 +151,20 @@ def phase_load(args, bodies, work: Path) -> dict:
                       ("no batching", {"FABGUARD_MAX_BATCH": "1", "FABGUARD_MAX_WAIT_MS": "0"})):
         server = Server(work / mode.replace(" ", "_"), env).start()
         try:
-            events = ()
-            if mode == "batching":
-                admin = Client(server.url, token=TOKEN, timeout=60)
-                admin.register(artifact, "pca-small-v0.1.0", report)
+            # the same promote and rollback in both modes, so their throughputs compare like for like
+            admin = Client(server.url, token=TOKEN, timeout=60)
+            admin.register(artifact, "pca-small-v0.1.0", report)
 
-                async def promote():
-                    start = time.perf_counter()
-                    await asyncio.to_thread(admin.promote, "pca-small-v0.1.0")
-                    return time.perf_counter() - start
+            async def promote():
+                start = time.perf_counter()
+                await asyncio.to_thread(admin.promote, "pca-small-v0.1.0")
+                return time.perf_counter() - start
 
-                async def rollback():
-                    start = time.perf_counter()
-                    await asyncio.to_thread(admin.rollback)
-                    return time.perf_counter() - start
-                events = ((args.seconds / 3, "promote_s", promote), (2 * args.seconds / 3, "rollback_s", rollback))
+            async def rollback():
+                start = time.perf_counter()
+                await asyncio.to_thread(admin.rollback)
+                return time.perf_counter() - start
+            events = ((args.seconds / 3, "promote_s", promote), (2 * args.seconds / 3, "rollback_s", rollback))
             result = asyncio.run(load(server.url, args.clients, args.seconds, bodies, events))
             metrics = httpx.get(server.url + "/metrics").text
             sizes = [line for line in metrics.splitlines() if line.startswith("fabguard_batch_size_")]
@@ -258,15 +257,18 @@ def phase_outage(args, bodies, work: Path) -> dict | None:
 
 
 def latency_models(work: Path) -> dict:
-    """Artifacts for the latency table besides the bundled PCA: PatchCore with a 1% coreset, the pixel VAE
-    and the feature-space VAE, fitted on 100 synthetic 256 x 256 wafers (seed 5). The VAEs are trained for
-    one epoch: latency does not depend on how well a network is trained, only on its shape."""
+    """Artifacts for the latency table besides the bundled model: the PCA model bundled before it
+    (bench/serve/pca_wafer.py), and PatchCore with a 1% coreset, the pixel VAE and the feature-space VAE at
+    their default sizes, fitted on 100 synthetic 256 x 256 wafers (seed 5). The VAEs are trained for one
+    epoch: latency does not depend on how well a network is trained, only on its shape."""
     from fabguard.anomaly.export import export_onnx
     from fabguard.anomaly.synthetic import synthetic_set
     from fabguard.registry import get
 
     train = synthetic_set(100, 0, 256, seed=5).images
-    out = {}
+    from bench.serve.pca_wafer import VERSION, pca_wafer
+
+    out = {VERSION: pca_wafer(work)[0]}
     for version, kind, params in (("patchcore-wafer-v0.0.1", "patchcore", {"coreset_ratio": 0.01}),
                                   ("vae-wafer-v0.0.1", "vae", {"epochs": 1}),
                                   ("feature-vae-wafer-v0.0.1", "feature-vae", {"epochs": 1})):
@@ -291,7 +293,8 @@ def phase_latency(args, bodies, work: Path, version: str | None = None, artifact
     service = start(load_settings(home=work / f"latency-{name}", token=TOKEN, threads=1))
     model = service.registry.serving if artifact is None else \
         (service.registry.register(artifact, version, REPORT), service.registry.load(version))[1]
-    stages = {k: [] for k in ("decode", "preprocess", "model", "score_decision", "heatmap", "serialisation", "log")}
+    stages = {k: [] for k in ("decode", "preprocess", "model", "score_decision", "heatmap", "heatmap_png",
+                              "serialisation")}
     for i in range(args.latency_n):
         body = bodies[i % len(bodies)]
         t0 = time.perf_counter()
@@ -299,18 +302,22 @@ def phase_latency(args, bodies, work: Path, version: str | None = None, artifact
         t1 = time.perf_counter()
         [result] = score_batch(model, [pixels])
         t2 = time.perf_counter()
-        png = serve_images.overlay_png(result.pixels, result.heatmap)
+        kept = io.BytesIO()
+        np.save(kept, serve_images.heatmap_planes(result.pixels, result.heatmap), allow_pickle=False)
         t3 = time.perf_counter()
         answer = InspectionResult(wafer_id="WF-1", inspection_point=1, anomaly_score=result.score,
                                   decision=result.decision, confidence=result.confidence, heatmap_url="/x.png",
                                   latent_vector=result.latent.tolist(), model_version=result.version,
                                   inference_time_ms=result.inference_ms, inspection_id="0" * 32).model_dump_json()
         t4 = time.perf_counter()
+        png = serve_images.overlay_png(np.load(io.BytesIO(kept.getvalue()), allow_pickle=False))  # on GET
+        t5 = time.perf_counter()
         stages["decode"].append((t1 - t0) * 1e3)
         stages["preprocess"].append(result.preprocess_ms)
         stages["model"].append(result.inference_ms)
         stages["score_decision"].append(result.decide_ms)
         stages["heatmap"].append((t3 - t2) * 1e3)
+        stages["heatmap_png"].append((t5 - t4) * 1e3)
         stages["serialisation"].append((t4 - t3) * 1e3)
         assert png and answer
     service.engine.dispose()
@@ -359,6 +366,8 @@ def phase_latency(args, bodies, work: Path, version: str | None = None, artifact
 
 
 def write(results: dict) -> None:
+    from fabguard.serve.bundle import VERSION
+
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serve.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"# fabguard serve bench ({results['machine']})", ""]
@@ -370,16 +379,19 @@ def write(results: dict) -> None:
     load_ = results.get("load")
     if load_:
         lines += ["## Load on loopback", "", f"{results['args']['clients']} clients x {results['args']['seconds']} s, "
-                  "synthetic 256 x 256 PNGs, bundled PCA model; server and clients share the machine.", "",
+                  f"synthetic 256 x 256 PNGs, the bundled model ({VERSION}); server and "
+                  "clients share the machine.", "",
                   "| mode | requests | errors | throughput /s | p50 ms | p99 ms | mean batch |",
                   "|---|---|---|---|---|---|---|"]
         for mode, r in load_.items():
             lines.append(f"| {mode} | {r['requests']} | {r['errors']} | {r['throughput_per_s']:.1f} | "
                          f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['batch_size_mean']:.2f} |")
-        ev = load_["batching"]["events"]
-        lines += ["", f"Promote at 1/3 and rollback at 2/3 of the batching run: versions answered "
-                  f"{load_['batching']['versions']}; promote took {ev.get('promote_s', float('nan')):.3f} s, rollback "
-                  f"{ev.get('rollback_s', float('nan')):.3f} s (HTTP call, model already loaded).", ""]
+        lines += ["", "Promote at 1/3 and rollback at 2/3 of each run (HTTP call, the model already loaded):"]
+        for mode, r in load_.items():
+            ev = r["events"]
+            lines.append(f"- {mode}: versions answered {r['versions']}; promote took "
+                         f"{ev.get('promote_s', float('nan')):.3f} s, rollback {ev.get('rollback_s', float('nan')):.3f} s.")
+        lines += [""]
     k = results.get("kill")
     if k:
         lines += ["## kill -9 during load", "", f"Answered 200: {k['answered_200']}; in the log: {k['logged']}; "
@@ -408,7 +420,8 @@ def latency_lines(lats: dict) -> list[str]:
             ("Preprocessing (resize)", "2 ms", "preprocess"),
             ("Model forward (ONNX Runtime)", "8 ms", "model"),
             ("Anomaly score + decision + confidence + embedding", "1 ms + < 1 ms", "score_decision"),
-            ("Heatmap PNG (after the answer)", "2 ms (async)", "heatmap"),
+            ("Heatmap data: 8-bit planes saved after the answer", "2 ms (async)", "heatmap"),
+            ("Heatmap PNG, drawn when its URL is fetched", "-", "heatmap_png"),
             ("Response serialisation", "< 1 ms", "serialisation"))
     names = list(lats)
     lines += ["## Latency budget at concurrency 1 (this CPU, ONNX Runtime 1 thread)", "",

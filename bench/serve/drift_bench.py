@@ -3,7 +3,8 @@
     python bench/serve/drift_bench.py                   # the full run: writes bench/results/serve/drift.md, .json
     python bench/serve/drift_bench.py --repeats 2 --fa-windows 40 --out /tmp/drift   # a quick run
 
-A real exported model (default: the bundled ``pca-wafer-v1.1.0``) scores each image with ONNX Runtime; its
+A real exported model (default: ``pca-wafer-v1.1.0``, the bundled model the recorded results were measured
+with, fitted again by :mod:`bench.serve.pca_wafer`) scores each image with ONNX Runtime; its
 PASS images go through :func:`fabguard.serve.drift.compare` exactly as the service does (the newest
 ``--window`` PASS scores and 128-value embeddings against the model's validation reference), every
 ``--step`` images, as the service's periodic refresh would.
@@ -24,6 +25,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -149,7 +151,7 @@ def summary(values: list) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="exported anomaly detector (default: the bundled model)")
+    parser.add_argument("--model", type=Path, help="exported anomaly detector (default: pca-wafer-v1.1.0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window", type=int, default=500, help="PASS inspections per window (service default)")
     parser.add_argument("--min-window", type=int, default=50)
@@ -165,11 +167,13 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from fabguard.anomaly.runtime import Inspector
-    from fabguard.serve.bundle import FOLDER, VERSION
     from fabguard.serve.drift import Baseline
 
-    path = args.model or FOLDER / f"{VERSION}.onnx"
-    inspector = Inspector(path, providers=["CPUExecutionProvider"], threads=1)
+    from bench.serve.pca_wafer import pca_wafer
+
+    with tempfile.TemporaryDirectory() as work:
+        path = args.model or pca_wafer(Path(work))[0]
+        inspector = Inspector(path, providers=["CPUExecutionProvider"], threads=1)  # the session has read the file
     if inspector.drift_reference is None:
         raise SystemExit(f"{path}: the model carries no drift reference (export it with this fabguard)")
     baseline = Baseline.from_validation(inspector.drift_reference, inspector.thresholds.review)

@@ -1,4 +1,5 @@
-"""Fixtures of the service tests: a state folder, apps on it, image bytes, a second model, a live server."""
+"""Fixtures of the service tests: a state folder, apps on it, image bytes, the bundled and a second model,
+a stationary line through the bundled one, a live server."""
 
 from __future__ import annotations
 
@@ -75,6 +76,25 @@ def second_model(tmp_path_factory):
     report = {"auroc": 0.99, "auprc": 0.97, "fnr_at_fpr5": 0.0, "latency_ms_p50": 0.3}
     (folder / "report.json").write_text(json.dumps(report))
     return artifact, report
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    """The bundled default model's ONNX Runtime inspector (CPU, one thread)."""
+    from fabguard.anomaly.runtime import Inspector
+    from fabguard.serve.bundle import FOLDER, VERSION
+
+    return Inspector(FOLDER / f"{VERSION}.onnx", providers=["CPUExecutionProvider"], threads=1)
+
+
+@pytest.fixture(scope="session")
+def normal_line(bundled):
+    """(scores, decisions, embeddings) of 400 normal synthetic wafers through the bundled model, drawn at the
+    size it was fitted on (other sizes look like drift to it), as the service logs them."""
+    from bench.serve.drift_bench import observe, stream
+    from fabguard.serve.bundle import SOURCE
+
+    return observe(bundled, stream(400, np.random.default_rng(5), SOURCE))
 
 
 def free_port() -> int:

@@ -10,29 +10,43 @@ import numpy as np
 import pytest
 
 from bench.serve.drift_bench import observe, stream
+from bench.serve.pca_wafer import VERSION as PCA
+from bench.serve.pca_wafer import pca_wafer
 from fabguard.anomaly.reference import DriftReference
 from fabguard.errors import InputError, ModelFileError
 from fabguard.serve import db
-from fabguard.serve.bundle import FOLDER, VERSION
+from fabguard.serve.bundle import N_NORMAL
 from fabguard.serve.drift import Baseline, compare, decode_latents, encode_latent
 
 
 @pytest.fixture(scope="module")
-def inspector():
+def baseline(bundled):
+    return Baseline.from_validation(bundled.drift_reference, bundled.thresholds.review)
+
+
+@pytest.fixture(scope="module")
+def pca(tmp_path_factory):
+    """(artifact, report) of pca-wafer-v1.1.0, the model whose alarms and false alarms the drift bench recorded
+    (bench/results/serve/drift.md): the tests of what the monitor detects use it."""
+    return pca_wafer(tmp_path_factory.mktemp("pca"))
+
+
+@pytest.fixture(scope="module")
+def pca_inspector(pca):
     from fabguard.anomaly.runtime import Inspector
 
-    return Inspector(FOLDER / f"{VERSION}.onnx", providers=["CPUExecutionProvider"], threads=1)
+    return Inspector(pca[0], providers=["CPUExecutionProvider"], threads=1)
 
 
 @pytest.fixture(scope="module")
-def baseline(inspector):
-    return Baseline.from_validation(inspector.drift_reference, inspector.thresholds.review)
+def pca_baseline(pca_inspector):
+    return Baseline.from_validation(pca_inspector.drift_reference, pca_inspector.thresholds.review)
 
 
 @pytest.fixture(scope="module")
-def normal_line(inspector):
-    """(scores, decisions, embeddings) of 1,200 normal synthetic wafers through the bundled model."""
-    return observe(inspector, stream(1200, np.random.default_rng(5), 64))
+def pca_line(pca_inspector):
+    """1,200 normal 64-pixel wafers (its size) through pca-wafer-v1.1.0."""
+    return observe(pca_inspector, stream(1200, np.random.default_rng(5), 64))
 
 
 def insert(engine, version, scores, decisions, latents, start=None, step=timedelta(seconds=1)):
@@ -89,18 +103,19 @@ def test_latent_codec():
         decode_latents([encode_latent(vector), b"\0" * 12])
 
 
-def test_bundled_model_reference_is_cut_at_the_review_threshold(inspector, baseline):
-    reference = inspector.drift_reference
-    assert len(reference.scores) == 200 and reference.embedding == "heatmap_grid"
-    assert baseline.scores.max() <= inspector.thresholds.review < reference.scores.max()
-    assert len(baseline.embeddings) == len(baseline.scores) == (reference.scores <= inspector.thresholds.review).sum()
+def test_bundled_model_reference_is_cut_at_the_review_threshold(bundled, baseline):
+    reference = bundled.drift_reference
+    assert len(reference.scores) == bundled.thresholds.n_val == N_NORMAL // 5  # 20% validate
+    assert reference.embedding == "latent"  # the feature VAE's mu
+    assert baseline.scores.max() <= bundled.thresholds.review < reference.scores.max()
+    assert len(baseline.embeddings) == len(baseline.scores) == (reference.scores <= bundled.thresholds.review).sum()
 
 
-def test_stationary_windows_do_not_alarm(normal_line, baseline):
-    scores, decisions, embeddings = normal_line
+def test_stationary_windows_do_not_alarm(pca_line, pca_baseline):
+    scores, decisions, embeddings = pca_line
     keep = decisions == "PASS"
     for w in [slice(i, i + 250) for i in range(0, 1000, 250)]:
-        report = compare(scores[keep][w], embeddings[keep][w], baseline, 0.01, 50)
+        report = compare(scores[keep][w], embeddings[keep][w], pca_baseline, 0.01, 50)
         assert not report["alarm"], report
         assert report["score"]["pvalue"] > 0.01 and report["latent"]["pvalue"] > 0.01
 
@@ -120,16 +135,16 @@ def test_pass_scores_need_the_truncated_reference():
     assert score_test(window, reference, 0.01, 50)["pvalue"] < 1e-6
 
 
-def test_a_small_brightness_shift_and_a_new_defect_type_alarm(inspector, baseline):
+def test_a_small_brightness_shift_and_a_new_defect_type_alarm(pca_inspector, pca_baseline):
     rng = np.random.default_rng(9)
-    scores, decisions, embeddings = observe(inspector, stream(400, rng, 64, brightness=0.005))
+    scores, decisions, embeddings = observe(pca_inspector, stream(400, rng, 64, brightness=0.005))
     keep = decisions == "PASS"
     assert keep.sum() >= 50  # still some PASS images to test
-    shifted = compare(scores[keep], embeddings[keep], baseline, 0.01, 50)
+    shifted = compare(scores[keep], embeddings[keep], pca_baseline, 0.01, 50)
     assert shifted["score"]["alarm"] and shifted["score"]["window_mean"] > shifted["score"]["reference_mean"]
-    scores, decisions, embeddings = observe(inspector, stream(800, rng, 64, stain_share=0.5))
+    scores, decisions, embeddings = observe(pca_inspector, stream(800, rng, 64, stain_share=0.5))
     keep = decisions == "PASS"
-    assert compare(scores[keep][-500:], embeddings[keep][-500:], baseline, 0.01, 50)["alarm"]
+    assert compare(scores[keep][-500:], embeddings[keep][-500:], pca_baseline, 0.01, 50)["alarm"]
 
 
 def test_small_window_waits(baseline, normal_line):
@@ -139,29 +154,31 @@ def test_small_window_waits(baseline, normal_line):
     assert report["latent"]["pvalue"] is None and "waiting" in report["latent"]["status"]
 
 
-def test_drift_api_and_gauges_over_the_log(app_client, normal_line, inspector):
+def test_drift_api_and_gauges_over_the_log(app_client, pca, pca_line, pca_inspector):
     client, app = app_client
     service = app.state.service
-    scores, decisions, embeddings = normal_line
-    insert(service.engine, VERSION, scores[:600], decisions[:600], embeddings[:600])
+    service.registry.register(pca[0], PCA, pca[1])
+    service.registry.promote(PCA)
+    scores, decisions, embeddings = pca_line
+    insert(service.engine, PCA, scores[:600], decisions[:600], embeddings[:600])
     report = client.get("/api/v1/drift").json()
-    assert report["model_version"] == VERSION and report["reference"]["source"] == "validation"
+    assert report["model_version"] == PCA and report["reference"]["source"] == "validation"
     assert report["window"]["n"] == min(500, int((decisions[:600] == "PASS").sum())) == report["window"]["n_embeddings"]
     assert report["score"]["pvalue"] > 0.01 and report["latent"]["pvalue"] > 0.01 and not report["alarm"]
     assert sum(h["n"] for h in report["history"]) == (decisions[:600] == "PASS").sum()
     # then the line brightens: the newest PASS images are shifted ones
-    shifted = observe(inspector, stream(1500, np.random.default_rng(3), 64, brightness=0.005))
-    insert(service.engine, VERSION, *shifted, start=datetime.now(timezone.utc) - timedelta(minutes=5),
+    shifted = observe(pca_inspector, stream(1500, np.random.default_rng(3), 64, brightness=0.005))
+    insert(service.engine, PCA, *shifted, start=datetime.now(timezone.utc) - timedelta(minutes=5),
            step=timedelta(milliseconds=100))
     report = client.get("/api/v1/drift").json()
     assert report["alarm"] and report["score"]["pvalue"] < 0.01
     service.monitor.refresh()  # what the lifespan task runs every monitor_seconds
     metrics = client.get("/metrics").text
     line = next(l for l in metrics.splitlines() if l.startswith("fabguard_drift_score_pvalue{"))
-    assert VERSION in line and float(line.split()[-1]) == pytest.approx(report["score"]["pvalue"])
+    assert PCA in line and float(line.split()[-1]) == pytest.approx(report["score"]["pvalue"])
 
 
-def test_a_model_without_reference_uses_its_first_pass_window(app_client, second_model, normal_line, tmp_path):
+def test_a_model_without_reference_uses_its_first_pass_window(app_client, second_model, pca_line, tmp_path):
     import onnx
 
     from fabguard.runtime.metadata import KEY, attach, read_metadata
@@ -180,7 +197,7 @@ def test_a_model_without_reference_uses_its_first_pass_window(app_client, second
     answer = client.get("/api/v1/drift", params={"version": version}).json()
     assert answer["reference"]["source"] == "first_window" and answer["window"]["n"] == 0
     assert "no validation reference" in answer["reference"]["note"] and not answer["alarm"]
-    scores, decisions, embeddings = normal_line
+    scores, decisions, embeddings = pca_line  # any stationary line: the reference is its own first window
     insert(app.state.service.engine, version, scores[:800], ["PASS"] * 800, embeddings[:800])
     answer = client.get("/api/v1/drift", params={"version": version}).json()
     # the first 500 PASS are the reference; the window is the newest after them, not overlapping it

@@ -11,10 +11,10 @@ import sqlalchemy as sa
 
 from fabguard.cli import main
 from fabguard.serve import db
+from fabguard.serve.bundle import VERSION as DEFAULT
 from fabguard.serve.experiments import canary_bucket, two_proportions
 from tests.serve.conftest import TOKEN
 
-DEFAULT = "pca-wafer-v1.1.0"
 CANDIDATE = "pca-small-v0.1.0"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -186,16 +186,17 @@ def test_guardrail_rolls_back_a_candidate_that_misses_defects(audit_all, app_cli
 
 
 def test_models_cli_shadow_compare_stop(tmp_path, second_model, capsys):
-    home = ["--home", str(tmp_path / "h")]
+    home = ["--home", str(tmp_path / "h")]  # no service ran on it: nothing bundled, production is its own
+    production = "pca-wafer-v1.1.0"
     artifact, _ = second_model
     report = tmp_path / "report.json"
     report.write_text('{"auroc": 0.99, "auprc": 0.97, "fnr_at_fpr5": 0.0, "latency_ms_p50": 0.3}')
-    assert main(["models", "add", str(artifact), "--version", DEFAULT, "--report", str(report), *home]) == 0
-    assert main(["models", "promote", DEFAULT, *home]) == 0
+    assert main(["models", "add", str(artifact), "--version", production, "--report", str(report), *home]) == 0
+    assert main(["models", "promote", production, *home]) == 0
     assert main(["models", "add", str(artifact), "--version", CANDIDATE, "--report", str(report), *home]) == 0
     capsys.readouterr()
     assert main(["models", "shadow", CANDIDATE, *home]) == 0
-    assert "experiment 1: shadow of pca-small-v0.1.0 beside pca-wafer-v1.1.0" in capsys.readouterr().out
+    assert f"experiment 1: shadow of pca-small-v0.1.0 beside {production}" in capsys.readouterr().out
     assert main(["models", "canary", CANDIDATE, *home]) == 2
     assert "experiment 1 (shadow of pca-small-v0.1.0) is running" in capsys.readouterr().err
     assert main(["models", "compare", *home]) == 0

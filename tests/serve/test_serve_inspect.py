@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -13,7 +14,9 @@ import tifffile
 from PIL import Image
 
 from fabguard.serve import db
+from fabguard.anomaly.images import decode, prepare
 from fabguard.anomaly.reference import grid_embedding
+from fabguard.serve.bundle import VERSION
 from fabguard.serve.engine import confidence
 
 FIELDS = {"wafer_id", "inspection_point", "anomaly_score", "decision", "confidence", "heatmap_url",
@@ -22,7 +25,7 @@ FIELDS = {"wafer_id", "inspection_point", "anomaly_score", "decision", "confiden
 
 def test_fresh_home_serves_the_bundled_model(client):
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["model_version"] == "pca-wafer-v1.1.0"
+    assert ready.status_code == 200 and ready.json()["model_version"] == VERSION
     assert client.get("/healthz").json() == {"status": "alive", "model_version": None, "loaded": []}
     [model] = client.get("/api/v1/models").json()
     assert model["serving"] and model["loaded"] and len(model["sha256"]) == 64
@@ -35,7 +38,7 @@ def test_response_has_the_case_study_fields_and_is_logged(app_client, api, wafer
     answers = [api.inspect(im, "WF-2024-001234", 42 + i) for i, im in enumerate(images)]
     for answer, label in zip(answers, labels):
         assert set(answer) == FIELDS
-        assert answer["wafer_id"] == "WF-2024-001234" and answer["model_version"] == "pca-wafer-v1.1.0"
+        assert answer["wafer_id"] == "WF-2024-001234" and answer["model_version"] == VERSION
         assert len(answer["latent_vector"]) == 128 and all(math.isfinite(v) for v in answer["latent_vector"])
         assert answer["heatmap_url"].startswith(f"/api/v1/heatmaps/WF-2024-001234-{answer['inspection_point']}-")
         assert 0.5 <= answer["confidence"] <= 1 and answer["inference_time_ms"] > 0
@@ -51,6 +54,51 @@ def test_response_has_the_case_study_fields_and_is_logged(app_client, api, wafer
     assert heatmap.format == "PNG" and heatmap.size == (64, 64)  # the model's input size
     home = app.state.service.settings.home
     assert (home / api.inspection(answers[0]["inspection_id"])["image_ref"]).read_bytes() == images[0]
+
+
+def _heatmap_when_written(client, url: str) -> bytes:
+    deadline = time.monotonic() + 20  # written after the answer
+    while (r := client.get(url)).status_code == 404:
+        assert time.monotonic() < deadline, f"{url} never appeared"
+        time.sleep(0.02)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    return r.content
+
+
+def test_heatmap_is_drawn_from_the_planes_the_inspection_kept(app_client, api, wafer_images):
+    client, app = app_client
+    images, labels = wafer_images
+    defective = images[labels.index(1)]
+    answer = api.inspect(defective, "WF-7", 1)
+    png = np.asarray(Image.open(io.BytesIO(_heatmap_when_written(client, answer["heatmap_url"]))))
+    home, model = app.state.service.settings.home, app.state.service.registry.serving
+    name = answer["heatmap_url"].rsplit("/", 1)[1].removesuffix(".png")
+    grey, alpha = np.load(home / "heatmaps" / f"{name}.npy", allow_pickle=False)
+    size = model.inspector.input_size
+    # the grey plane is the model's input: the mean of three equal float32 channels is that channel to within
+    # one ulp, which can move a value that rounds at .5 by one 8-bit level, no more
+    expected = np.round(prepare(decode(defective), size).mean(axis=0) * 255)
+    assert grey.shape == alpha.shape == (size, size) and np.abs(grey - expected).max() <= 1
+    assert alpha.max() == 255  # relative to the heatmap's own maximum
+    assert png.shape == (size, size, 3) and (png[..., 1] == png[..., 2]).all() and (png[..., 0] >= png[..., 1]).all()
+    # grey under red of opacity 0.7 x heat: computed here in float64, there in float32, whose rounding error
+    # (~1e-7 of 255) can move a value that rounds at .5 by one level
+    g, a = grey / 255, alpha / 255 * 0.7
+    assert np.abs(png[..., 0] - np.round((g * (1 - a) + a) * 255)).max() <= 1
+    assert np.abs(png[..., 1] - np.round(g * (1 - a) * 255)).max() <= 1
+    assert (png[alpha == 255, 0] > png[alpha == 255, 1]).all()  # the hottest place is red
+
+
+def test_heatmap_png_kept_by_earlier_builds_is_served_and_damaged_planes_are_missing(app_client, wafer_images):
+    client, app = app_client
+    folder = app.state.service.settings.home / "heatmaps"
+    (folder / "WF-1-1-aaaaaaaaaaaa.png").write_bytes(wafer_images[0][0])
+    assert client.get("/api/v1/heatmaps/WF-1-1-aaaaaaaaaaaa.png").content == wafer_images[0][0]
+    (folder / "WF-1-2-bbbbbbbbbbbb.npy").write_bytes(b"not an array")
+    np.save(folder / "WF-1-3-cccccccccccc.npy", np.zeros((2, 4, 4), np.float32))  # not what the service writes
+    for name in ("WF-1-2-bbbbbbbbbbbb", "WF-1-3-cccccccccccc"):
+        r = client.get(f"/api/v1/heatmaps/{name}.png")
+        assert r.status_code == 404 and "no heatmap" in r.json()["detail"]
 
 
 def test_tiff_and_16_bit_images_are_inspected(api, wafer_images):
@@ -126,7 +174,7 @@ def test_metrics_after_inspections(client, api, wafer_images):
         api.inspect(im, "WF-M", i)
     client.get("/api/v1/inspections/" + "0" * 32)
     text = client.get("/metrics").text
-    version = 'model_version="pca-wafer-v1.1.0"'
+    version = f'model_version="{VERSION}"'
     assert f'fabguard_inspections_total{{decision="REJECT",{version}}} {float(sum(labels))}' in text
     assert f'fabguard_anomaly_score_count{{{version}}} {float(len(images))}' in text
     assert f'fabguard_log_write_seconds_count {float(len(images))}' in text
@@ -171,7 +219,6 @@ def test_requests_decoding_together_are_scored_in_one_call():
 
     async def main():
         batcher, calls, logged = _batcher(max_wait_ms=5000)
-        batcher.start()
         gate = threading.Event()
 
         def decode(value):
@@ -205,7 +252,6 @@ def test_a_lone_request_does_not_wait_and_a_bad_image_gets_its_own_error():
 
     async def main():
         batcher, calls, _ = _batcher(max_wait_ms=10_000)
-        batcher.start()
         start = time.perf_counter()
         result, row, _ = await batcher.score(_image(0.9), {"id": "a", "wafer_id": "W"})
         elapsed = time.perf_counter() - start
@@ -222,14 +268,13 @@ def test_a_lone_request_does_not_wait_and_a_bad_image_gets_its_own_error():
 
 def test_a_failing_model_call_answers_its_requests_and_the_batcher_lives_on():
     """An exception in the ONNX Runtime call (or in the log commit) is each waiting request's answer; the
-    inference thread goes on serving the next request."""
+    next request is scored as usual (the scoring lock was released)."""
     import asyncio
 
     async def main():
         batcher, calls, _ = _batcher(max_wait_ms=1)
         run = batcher.registry.serving.inspector.run
         batcher.registry.serving.inspector.run = lambda *a: (_ for _ in ()).throw(RuntimeError("device lost"))
-        batcher.start()
         with pytest.raises(RuntimeError, match="device lost"):
             await batcher.score(_image(0.9), {"id": "a", "wafer_id": "W"})
         batcher.registry.serving.inspector.run = run
@@ -238,3 +283,35 @@ def test_a_failing_model_call_answers_its_requests_and_the_batcher_lives_on():
         return result
 
     assert asyncio.run(main()).decision == "REJECT"
+
+
+def test_a_request_queued_while_a_batch_is_scored_is_scored_next_by_that_thread():
+    """Request b is decoded while a's batch is in the model call: b's thread finds the scoring lock taken
+    and leaves b in the queue; a's thread scores it after its own batch (nobody else will), so b is
+    answered, in a call of its own."""
+    import asyncio
+    import threading
+
+    async def main():
+        batcher, calls, _ = _batcher(max_wait_ms=0)
+        run = batcher.registry.serving.inspector.run
+        in_call, go_on = threading.Event(), threading.Event()
+
+        def slow_run(*args):
+            in_call.set()
+            go_on.wait(10)
+            return run(*args)
+
+        batcher.registry.serving.inspector.run = slow_run
+        a = asyncio.ensure_future(batcher.score(_image(0.9), {"id": "a", "wafer_id": "W"}))
+        await asyncio.get_running_loop().run_in_executor(None, in_call.wait, 10)
+        b = asyncio.ensure_future(batcher.score(_image(0.1), {"id": "b", "wafer_id": "W"}))
+        while batcher.queue.empty():  # b decoded and queued behind a's call
+            await asyncio.sleep(0.005)
+        go_on.set()
+        answers = await asyncio.wait_for(asyncio.gather(a, b), 10)
+        return answers, calls
+
+    (a, b), calls = asyncio.run(main())
+    assert (a[1]["id"], a[0].decision, b[1]["id"], b[0].decision) == ("a", "REJECT", "b", "PASS")
+    assert calls == [1, 1]

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from fabguard.client import Client, ServiceError
+from fabguard.serve.bundle import VERSION
 from tests.serve.conftest import TOKEN
 
 
@@ -21,7 +22,7 @@ def test_two_replicas_on_postgresql_share_log_and_promotion(tmp_path, postgres_u
     artifact, report = second_model
     with TestClient(create_app(one)) as a, TestClient(create_app(two)) as b:
         first, second = Client(token=TOKEN, http=a), Client(token=TOKEN, http=b)
-        assert [m["version"] for m in second.models()] == ["pca-wafer-v1.1.0"]
+        assert [m["version"] for m in second.models()] == [VERSION]
         first.register(artifact, "pca-small-v0.1.0", report)
         first.promote("pca-small-v0.1.0")
         deadline = time.monotonic() + 10
@@ -31,9 +32,9 @@ def test_two_replicas_on_postgresql_share_log_and_promotion(tmp_path, postgres_u
         answers = [c.inspect(wafer_images[0][i], f"WF-{i}", i) for i, c in enumerate((first, second) * 2)]
         assert {x["model_version"] for x in answers} == {"pca-small-v0.1.0"}
         assert {r["inspection_id"] for r in first.inspections()} == {x["inspection_id"] for x in answers}
-        assert second.rollback()["version"] == "pca-wafer-v1.1.0"
+        assert second.rollback()["version"] == VERSION
         deadline = time.monotonic() + 10
-        while a.get("/readyz").json()["model_version"] != "pca-wafer-v1.1.0":
+        while a.get("/readyz").json()["model_version"] != VERSION:
             assert time.monotonic() < deadline
             time.sleep(0.05)
 

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from fabguard.client import Client, ServiceError
+from fabguard.serve.bundle import VERSION
 from tests.serve.conftest import free_port
 
 
@@ -49,7 +50,7 @@ def test_fresh_install_serves_metrics_and_survives_kill_9(tmp_path, wafer_images
                     return
     try:
         metrics = api.http.get("/metrics").text
-        assert 'fabguard_model_serving{model_version="pca-wafer-v1.1.0"} 1.0' in metrics
+        assert f'fabguard_model_serving{{model_version="{VERSION}"}} 1.0' in metrics
         threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()

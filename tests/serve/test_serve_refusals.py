@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 import tifffile
+from fabguard.serve.bundle import VERSION
 from PIL import Image
 
 from tests.serve.conftest import TOKEN
@@ -108,7 +109,7 @@ def test_body_over_the_limit_is_413(settings, wafer_images):
                                             ({"Authorization": "Bearer wrong"}, "wrong bearer token"),
                                             ({"Authorization": "Basic abc"}, "bearer token is required")])
 def test_write_endpoints_need_the_token(client, headers, words):
-    for method, url in (("POST", "/api/v1/models/rollback"), ("POST", "/api/v1/models/pca-wafer-v1.1.0/promote"),
+    for method, url in (("POST", "/api/v1/models/rollback"), ("POST", f"/api/v1/models/{VERSION}/promote"),
                         ("POST", "/api/v1/models")):
         refused(client.request(method, url, headers=headers), 401, words)
 
@@ -138,7 +139,7 @@ def test_registry_refusals(client, second_model, tmp_path):
     with open(artifact, "rb") as f:
         refused(client.post("/api/v1/models", headers=auth, data={**form, "report": __import__("json").dumps(report)},
                             files={"artifact": ("m.onnx", f)}), 409, "already registered")
-    assert client.get("/readyz").json()["model_version"] == "pca-wafer-v1.1.0"
+    assert client.get("/readyz").json()["model_version"] == VERSION
     with pytest.raises(ServiceError) as info:
         from fabguard.client import Client
 

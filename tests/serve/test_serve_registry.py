@@ -7,13 +7,13 @@ import json
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from fabguard.cli import main
 from fabguard.client import Client
+from fabguard.serve.bundle import VERSION as DEFAULT
 from tests.serve.conftest import TOKEN
-
-DEFAULT = "pca-wafer-v1.1.0"
 
 
 def test_promote_and_rollback_under_load_fail_no_request(live_server, second_model, wafer_images):
@@ -53,8 +53,13 @@ def test_promote_and_rollback_under_load_fail_no_request(live_server, second_mod
     assert errors == []
     versions = {a["model_version"] for _, a in answers}
     assert versions == {DEFAULT, "pca-small-v0.1.0"}
-    for version in versions:
-        assert len({a["anomaly_score"] for _, a in answers if a["model_version"] == version}) == 1
+    # one image, so one score per version, up to float32 rounding: the feature VAE's convolutions round
+    # differently in batches of different sizes (dynamic batching), a few ulps of 1.2e-7 each; 1e-5 relative
+    # is ~80 ulps, and the two models' scores are orders of magnitude apart
+    scores = {v: np.array([a["anomaly_score"] for _, a in answers if a["model_version"] == v]) for v in versions}
+    for s in scores.values():
+        assert s.max() - s.min() <= 1e-5 * np.abs(s).max()
+    assert abs(np.log10(scores[DEFAULT].mean() / scores["pca-small-v0.1.0"].mean())) > 1
     rollback_seconds = max(end - start for start, end in switches)
     assert rollback_seconds < 30  # the case study's limit; the bench measures the actual time
     logged = admin.inspections(wafer_id="WF-LOAD", limit=1000)

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from fabguard.cli import main
 from fabguard.serve import db, review
+from fabguard.serve.bundle import VERSION
 from fabguard.serve.config import load_settings
 from fabguard.serve.retention import PROGRESS, prune
 
@@ -27,7 +28,7 @@ def logged(engine, home: Path, age: timedelta, queued: str | None = None, suffix
     "labelled" puts it in the review queue."""
     iid = uuid.uuid4().hex
     row = {"id": iid, "created_at": now - age, "wafer_id": "WF-1", "inspection_point": 1,
-           "model_version": "pca-wafer-v1.1.0", "anomaly_score": 0.01, "decision": "PASS", "confidence": 0.9,
+           "model_version": VERSION, "anomaly_score": 0.01, "decision": "PASS", "confidence": 0.9,
            "inference_time_ms": 1.0, "image_ref": f"images/{iid}{suffix}",
            "heatmap_ref": f"heatmaps/WF-1-1-{iid[:12]}.png"}
     for ref in (row["image_ref"], row["heatmap_ref"]):

@@ -14,13 +14,15 @@ from fabguard.anomaly.synthetic import synthetic_set
 from fabguard.cli import main
 from fabguard.serve import db, review
 from fabguard.serve.app import follow
+from fabguard.serve.bundle import SOURCE, VERSION
 from fabguard.serve.registry import REPORT_KEYS
 
 from tests.serve.conftest import TOKEN, png_bytes
 
-N_NORMAL, N_DEFECT, SIZE = 80, 16, 64
+N_NORMAL, N_DEFECT, SIZE = 80, 16, SOURCE  # drawn at the size the bundled model was fitted on
 UNLABELLED = 10  # PASS images of normal wafers left without a label (for --unreviewed)
-SERVING, CANDIDATE = "pca-wafer-v1.1.0", "pca-wafer-v1.1.1"
+SERVING = VERSION  # the bundled model serves; the candidates are PCA (fast to train) named after it
+CANDIDATE, THIRD = (f"{SERVING.rsplit('.', 1)[0]}.{patch}" for patch in (1, 2))
 ARGS = ["--since", "1d", "--model", "pca", "--components", "8", "--size", "32", "--min-images", "20", "--quiet",
         "--val-fraction", "0.3", "--review-quantile", "0.9"]  # 15 validation images: more than a 0.9 quantile needs
 
@@ -121,8 +123,8 @@ def test_retrain_registers_the_candidate_and_starts_its_shadow(line, capsys):
     assert f"experiment {summary['experiment']} (shadow of {CANDIDATE}) is running" in capsys.readouterr().err
     assert main(["anomaly", "retrain", *home, *ARGS, "--no-shadow", "--unreviewed"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("registered pca-wafer-v1.1.2 (pca): trained on ") and "no shadow phase started" in out
-    data = service.registry.get("pca-wafer-v1.1.2")["report"]["data"]
+    assert out.startswith(f"registered {THIRD} (pca): trained on ") and "no shadow phase started" in out
+    data = service.registry.get(THIRD)["report"]["data"]
     assert data["sources"]["unreviewed_pass"] == UNLABELLED  # the fresh image above is left out
     assert (data["train"], data["test_normal"], data["test_defective"]) == (expected[0] + UNLABELLED, *expected[1:])
 

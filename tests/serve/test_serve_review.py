@@ -16,6 +16,7 @@ import tifffile
 from PIL import Image
 
 from fabguard.serve import db, review
+from fabguard.serve.bundle import VERSION
 from fabguard.serve.config import load_settings
 from tests.serve.conftest import TOKEN
 
@@ -23,7 +24,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
 
 
-def row(decision: str, at: datetime = T0, version: str = "pca-wafer-v1.1.0", arm: str = "production") -> dict:
+def row(decision: str, at: datetime = T0, version: str = VERSION, arm: str = "production") -> dict:
     iid = uuid.uuid4().hex
     return {"id": iid, "created_at": at, "wafer_id": "WF-1", "inspection_point": 1, "model_version": version,
             "anomaly_score": 0.01, "decision": decision, "confidence": 0.9, "inference_time_ms": 1.0,
@@ -174,7 +175,7 @@ def test_label_checks_answer_4xx_json(review_app):
     assert post(double["id"], good).status_code == 201
     assert post(double["id"], {"inspector": "bob", "label": "normal"}).json()["labels"] == 2
     # the review token labels, nothing else
-    promote = client.post("/api/v1/models/pca-wafer-v1.1.0/promote",
+    promote = client.post(f"/api/v1/models/{VERSION}/promote",
                           headers={"Authorization": "Bearer inspectors-only"})
     assert promote.status_code == 401
     with service.engine.connect() as c:
@@ -284,7 +285,7 @@ def test_figures_of_a_shadow_candidate_and_an_arm(engine):
                                               for r in passes + rejects])
     window = T0 - timedelta(hours=1), T0 + timedelta(hours=1)
     with engine.connect() as c:
-        production = review.estimate(c, "pca-wafer-v1.1.0", *window, prior_error=0.0)
+        production = review.estimate(c, VERSION, *window, prior_error=0.0)
         candidate = review.estimate(c, "pca-small-v0.1.0", *window, prior_error=0.0)
         canary_arm = review.estimate(c, "pca-small-v0.1.0", *window, arm="canary", prior_error=0.0)
     assert production.fnr == 0 and production.fnr_low == 0 and production.fnr_high > 0

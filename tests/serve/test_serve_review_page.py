@@ -25,12 +25,12 @@ def settings(settings):
 def inspect_all(served, images) -> list[dict]:
     with Client(served.url, token=TOKEN) as api:
         answers = [api.inspect(im, "WF-9", k) for k, im in enumerate(images)]
-    deadline = time.monotonic() + 20  # heatmaps and images are written after the answer
-    files = [served.home / "images" / f"{a['inspection_id']}.png" for a in answers]
-    files += [served.home / "heatmaps" / a["heatmap_url"].rsplit("/", 1)[1] for a in answers]
-    while not all(f.is_file() for f in files):
-        assert time.monotonic() < deadline, "stored images did not appear"
-        time.sleep(0.05)
+        deadline = time.monotonic() + 20  # heatmaps and images are written after the answer
+        files = [served.home / "images" / f"{a['inspection_id']}.png" for a in answers]
+        while not all(f.is_file() for f in files) or \
+                any(api.http.get(a["heatmap_url"]).status_code == 404 for a in answers):
+            assert time.monotonic() < deadline, "stored images or heatmaps did not appear"
+            time.sleep(0.05)
     return answers
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.serve.conftest import TOKEN
-from tests.serve.test_serve_drift import insert, normal_line, inspector  # noqa: F401  (fixtures)
+from tests.serve.test_serve_drift import insert
 from fabguard.serve.bundle import VERSION
 from fabguard.serve.monitor import bucket_quantile
 
@@ -74,7 +74,7 @@ def _post(url: str, body: bytes) -> dict:
         return json.loads(answer.read())
 
 
-def test_status_page_draws_every_panel_in_a_browser(browser, served, wafer_images, normal_line, tmp_path):  # noqa: F811
+def test_status_page_draws_every_panel_in_a_browser(browser, served, wafer_images, normal_line, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 

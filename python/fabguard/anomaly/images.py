@@ -53,7 +53,9 @@ def to_unit_float(array: np.ndarray, where: str) -> np.ndarray:
 
 
 def to_rgb(array: np.ndarray, where: str) -> np.ndarray:
-    """(H, W), (H, W, 1|2|3|4) or planar (3|4, H, W) -> (3, H, W); an alpha channel is dropped."""
+    """(H, W), (H, W, 1|2|3|4) or planar (3|4, H, W) -> (3, H, W); an alpha channel is dropped. A view of
+    ``array``, read-only: a grey image's three channels are one plane (stride 0), which :func:`resize` sees
+    without comparing them, and which is not copied three times per request."""
     if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (1, 2, 3, 4):
         array = np.moveaxis(array, 0, -1)  # planar TIFF
     if array.ndim == 2:
@@ -63,16 +65,16 @@ def to_rgb(array: np.ndarray, where: str) -> np.ndarray:
     if array.shape[0] < 2 or array.shape[1] < 2:
         raise InputError(f"{where}: image of size {array.shape[1]}x{array.shape[0]} is too small")
     colour = array[..., :3] if array.shape[-1] >= 3 else array[..., :1]
-    return np.ascontiguousarray(np.broadcast_to(colour, colour.shape[:2] + (3,)).transpose(2, 0, 1))
+    return np.broadcast_to(colour, colour.shape[:2] + (3,)).transpose(2, 0, 1)
 
 
 def resize(chw: np.ndarray, size: int) -> np.ndarray:
     """Bilinear, antialiased resize of a float (C, H, W) array to (C, size, size)."""
     if chw.shape[1:] == (size, size):
-        return chw.astype(np.float32, copy=False)
+        return np.ascontiguousarray(chw, dtype=np.float32)
     # a grey image replicated to three channels (most inspection images) is resized once: a third of the
-    # time, and the comparison costs a few percent of one resize
-    grey = len(chw) > 1 and all(np.array_equal(chw[0], c) for c in chw[1:])
+    # time, and the comparison costs a few percent of one resize (none for :func:`to_rgb`'s shared plane)
+    grey = len(chw) > 1 and (chw.strides[0] == 0 or all(np.array_equal(chw[0], c) for c in chw[1:]))
     channels = [
         np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
         for c in (chw[:1] if grey else chw)

@@ -25,9 +25,11 @@ def grid_embedding(heatmaps) -> np.ndarray:
     """(N, 128) embedding of (N, H, W) heatmaps, for detectors without a 128-wide latent: each heatmap
     averaged over an 8 x 16 grid (rows x columns, row-major; ``numpy.array_split`` cells): where on the
     image the anomaly lies and how strong it is."""
-    h = np.asarray(heatmaps, np.float64)
+    h = np.asarray(heatmaps)
     rows, cols = (np.array_split(np.arange(n), k) for n, k in zip(h.shape[1:], EMBED_GRID))
-    sums = np.add.reduceat(np.add.reduceat(h, [r[0] for r in rows], axis=1), [c[0] for c in cols], axis=2)
+    # summed in float64 as it goes (no float64 copy of the heatmaps first: a third less time, same sums)
+    sums = np.add.reduceat(np.add.reduceat(h, [r[0] for r in rows], axis=1, dtype=np.float64),
+                           [c[0] for c in cols], axis=2)
     return (sums / np.outer([len(r) for r in rows], [len(c) for c in cols])).reshape(len(h), -1)
 
 

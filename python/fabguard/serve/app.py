@@ -1,5 +1,5 @@
 """The FastAPI app: ``create_app(settings)`` and the lifespan that opens the database, migrates it, loads
-the serving model and starts the batcher and the replica sync."""
+the serving model and starts the replica sync."""
 
 from __future__ import annotations
 
@@ -118,7 +118,6 @@ def follow(service: Service) -> None:
 async def lifespan(app: FastAPI):
     service = await run_in_threadpool(start, app.state.settings)
     app.state.service = service
-    service.batcher.start()
     loop, settings = asyncio.get_running_loop(), service.settings
     service.tasks += [loop.create_task(every(settings.sync_seconds, partial(follow, service), "follow promotions")),
                       loop.create_task(every(settings.guardrail_seconds, service.experiments.guard,

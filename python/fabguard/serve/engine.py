@@ -1,12 +1,13 @@
 """Inference off the event loop, with dynamic batching, and what each image's result holds.
 
-A request decodes its image on a worker thread, then queues it. The inference thread takes the first
-queued image and, while other requests are still decoding or queued, waits at most ``max_wait_ms`` for them
-(up to ``max_batch``), then scores the batch in one ONNX Runtime call, as Triton's ``dynamic_batching``
-does, and commits its inspections to the log in one transaction (a group commit); a lone request never
-waits. The serving model and the running experiment are
-read once per batch, so a promotion, rollback or canary change never mixes versions inside a group, and
-each result names the version that scored it (a canary candidate scores its wafers in its own call).
+A request decodes its image on a worker thread and queues it; then that same thread scores what is
+queued, unless another one already is (they take turns: one batch at a time). The thread scoring takes
+the first queued image and, while other requests are still decoding or queued, waits at most
+``max_wait_ms`` for them (up to ``max_batch``), then scores the batch in one ONNX Runtime call, as Triton's
+``dynamic_batching`` does, and commits its inspections to the log in one transaction (a group commit); a
+lone request never waits. The serving model and the running experiment are read once per batch, so a
+promotion, rollback or canary change never mixes versions inside a group, and each result names the
+version that scored it (a canary candidate scores its wafers in its own call).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def confidence(score: float, review: float, reject: float) -> float:
 
 
 def score_batch(model: Loaded, arrays: list[np.ndarray]) -> list[Result]:
-    """Score images, each (3, H, W) float32 in [0, 1], with ``model`` (runs on the inference thread)."""
+    """Score images, each (3, H, W) float32 in [0, 1], with ``model`` (on the thread scoring the batch)."""
     from fabguard.anomaly.images import resize
     from fabguard.anomaly.reference import grid_embedding
     from fabguard.anomaly.runtime import LATENT
@@ -85,11 +86,12 @@ def score_batch(model: Loaded, arrays: list[np.ndarray]) -> list[Result]:
 
 
 class Batcher:
-    """Gathers concurrent requests into batches and scores them on its own thread, off the event loop.
+    """Gathers concurrent requests into batches and scores them off the event loop.
 
-    A request crosses threads twice: the event loop hands its bytes to a decoding thread, which queues
-    the pixels for the inference thread, which hands the answer back to the loop (no asyncio task in
-    between, whose wake-ups would add to every answer's latency)."""
+    A request crosses threads once each way: the event loop hands its bytes to a worker thread, which
+    decodes, queues and, when no other thread is scoring, scores and logs the queue itself, then hands
+    each answer back to the loop. A separate inference thread would add a thread hand-off to every
+    request; on a virtual machine whose idle cores sleep, a wake-up costs a large share of a millisecond."""
 
     def __init__(self, registry: Registry, metrics: Metrics, max_batch: int, max_wait_ms: float):
         self.registry, self.metrics = registry, metrics
@@ -98,16 +100,12 @@ class Batcher:
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.arriving = 0  # requests decoding their image: a batch waits for them, never for nobody
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, name="fabguard-inference", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
+        self.lock = threading.Lock()  # guards ``arriving``
+        self.scoring = threading.Lock()  # held by the one thread scoring batches
 
     async def stop(self) -> None:
-        """Score what is queued, then end the inference thread."""
-        self.queue.put(None)
-        await asyncio.get_running_loop().run_in_executor(None, self.thread.join)
+        """Score whatever is still queued (each request's thread normally has)."""
+        await asyncio.get_running_loop().run_in_executor(None, self._drain)
 
     async def score(self, decode, row: dict) -> tuple[Result, dict, np.ndarray]:
         """Decode (``decode()`` on a worker thread), score and log one image; ``row`` holds the inspection's
@@ -119,10 +117,10 @@ class Batcher:
         future = loop.create_future()
         with self.lock:
             self.arriving += 1
-        loop.run_in_executor(None, self._decode_and_queue, decode, row, future, loop)  # answers via ``future``
+        loop.run_in_executor(None, self._decode_queue_and_score, decode, row, future, loop)  # answers via ``future``
         return await future
 
-    def _decode_and_queue(self, decode, row: dict, future: asyncio.Future, loop) -> None:
+    def _decode_queue_and_score(self, decode, row: dict, future: asyncio.Future, loop) -> None:
         try:
             array = decode()
         except BaseException as exc:  # noqa: BLE001  (the request's answer: 415, 413, ...)
@@ -132,21 +130,34 @@ class Batcher:
             return
         self.metrics.queue_depth.inc()
         self.queue.put((array, row, future, loop))
-        with self.lock:  # after the put: the inference thread sees the job queued or still arriving
+        with self.lock:  # after the put: the scoring thread sees the job queued or still arriving
             self.arriving -= 1
+        self._drain()
 
-    def _gather(self) -> list | None:
-        """The next batch (None: stop). Waits at most ``max_wait`` past the first job, and only while
-        other requests are still decoding."""
-        first = self.queue.get()
-        if first is None:
-            return None
-        jobs = [first]
-        deadline = time.monotonic() + self.max_wait
+    def _drain(self) -> None:
+        """Score batches until the queue is empty, unless another thread is scoring: it takes this job
+        too. The queue is looked at again after the lock is released, so a job queued by a thread that
+        found the lock taken is never left behind."""
+        while not self.queue.empty():
+            if not self.scoring.acquire(blocking=False):
+                return
+            try:
+                while jobs := self._gather():
+                    self._score_groups(jobs)
+            finally:
+                self.scoring.release()
+
+    def _gather(self) -> list:
+        """The next batch (empty: nothing queued). Waits at most ``max_wait`` past the first job, and only
+        while other requests are still decoding."""
+        jobs: list = []
+        deadline = None
         while len(jobs) < self.max_batch:
             try:
                 job = self.queue.get_nowait()
             except queue.Empty:
+                if deadline is None:  # nothing queued at all
+                    break
                 left = deadline - time.monotonic()
                 if left <= 0 or self.arriving == 0:
                     break
@@ -154,26 +165,24 @@ class Batcher:
                     job = self.queue.get(timeout=left)
                 except queue.Empty:
                     break
-            if job is None:
-                self.queue.put(None)  # stop after this batch
-                break
             jobs.append(job)
+            if deadline is None:
+                deadline = time.monotonic() + self.max_wait
         self.metrics.queue_depth.dec(len(jobs))
-        return [job for job in jobs if not job[2].cancelled()]  # clients that went away
-
-    def _run(self) -> None:
-        while (jobs := self._gather()) is not None:
-            try:
-                self._score_groups(jobs)
-            except Exception as exc:  # noqa: BLE001  (the thread must live on: each request gets an answer)
-                for _, _, future, loop in jobs:
-                    loop.call_soon_threadsafe(_deliver, future, None, exc)
+        live = [job for job in jobs if not job[2].cancelled()]  # clients that went away
+        return live if live or not jobs else self._gather()
 
     def _score_groups(self, jobs: list) -> None:
-        model = self.registry.serving  # read once: each group is scored by one version
-        running = self.experiments.running if self.experiments is not None else None
-        canary = [running is not None and running.decides(row["wafer_id"]) for _, row, _, _ in jobs]
-        self.metrics.batch_size.observe(len(jobs))
+        """Score and log ``jobs``; every waiting request gets its answer, a result or the exception."""
+        try:
+            model = self.registry.serving  # read once: each group is scored by one version
+            running = self.experiments.running if self.experiments is not None else None
+            canary = [running is not None and running.decides(row["wafer_id"]) for _, row, _, _ in jobs]
+            self.metrics.batch_size.observe(len(jobs))
+        except Exception as exc:  # noqa: BLE001  (each request gets an answer)
+            for _, _, future, loop in jobs:
+                loop.call_soon_threadsafe(_deliver, future, None, exc)
+            return
         for arm, use in (("production", model), ("canary", running.candidate if running else None)):
             group = [job for job, c in zip(jobs, canary) if c == (arm == "canary")]
             if not group:

@@ -1,4 +1,4 @@
-"""Writing inspections to the log: the inference thread commits each batch in one transaction, so every
+"""Writing inspections to the log: the thread scoring a batch commits it in one transaction, so every
 answered inspection is in the log before its answer is sent, at one commit per batch (a group commit)."""
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from fabguard.outputs import atomic_path
@@ -26,6 +27,7 @@ log = logging.getLogger("fabguard.serve")
 router = APIRouter(tags=["inspection"], dependencies=[Depends(inspect_token)],
                    responses={401: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}})
 HEATMAP_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,120}$"
+PLANES = ".npy"  # what an inspection keeps of its heatmap (:func:`images.heatmap_planes`); the PNG is drawn on GET
 ID = r"^[0-9a-f]{32}$"
 IMAGE_BODY = {"requestBody": {"required": True, "content": {
     t: {"schema": {"type": "string", "format": "binary"}} for t in ("application/octet-stream", "image/png",
@@ -43,14 +45,14 @@ async def inspect(service: Annotated[Service, Depends(get_service)],
                   wafer_id: Annotated[str, Query(pattern=WAFER_ID, description="letters, digits, '-', '_'")],
                   inspection_point: Annotated[int, Query(ge=0, le=MAX_POINT)]) -> InspectionResult:
     """Score one raw PNG or TIFF image; the inspection is committed to the log before this answer is sent.
-    The heatmap is rendered after the answer (``heatmap_url`` serves it once written), and so is a shadow
-    candidate's score."""
+    The heatmap's data is written after the answer (``heatmap_url`` draws it once written), and a shadow
+    candidate scores the image then."""
     inspection_id = uuid.uuid4().hex
     name = f"{wafer_id}-{inspection_point}-{inspection_id[:12]}"
     suffix = ".tif" if body[:4] in images.TIFF_MAGIC else ".png"
     image_ref = f"images/{inspection_id}{suffix}" if service.settings.store_images else None
     own = {"id": inspection_id, "wafer_id": wafer_id, "inspection_point": inspection_point, "image_ref": image_ref,
-           "heatmap_ref": f"heatmaps/{name}.png"}
+           "heatmap_ref": f"heatmaps/{name}{PLANES}"}
     result, row, pixels = await service.batcher.score(partial(images.decode, body, service.settings.max_pixels), own)
     service.metrics.inspections.labels(result.decision, result.version).inc()
     service.metrics.score.labels(result.version).observe(result.score)
@@ -65,12 +67,12 @@ async def inspect(service: Annotated[Service, Depends(get_service)],
 
 
 def _after(service: Service, row: dict, body: bytes | None, result: Result, shadow, pixels) -> None:
-    """After the answer: the heatmap overlay and the image itself, each written whole; the shadow
-    candidate's score of the same image. A failure is logged, never lost silently."""
+    """After the answer: what the heatmap overlay is drawn from and the image itself, each written whole;
+    the shadow candidate's score of the same image. A failure is logged, never lost silently."""
     home = service.settings.home
     try:
-        with atomic_path(home / row["heatmap_ref"]) as tmp:
-            tmp.write_bytes(images.overlay_png(result.pixels, result.heatmap))
+        with atomic_path(home / row["heatmap_ref"]) as tmp, open(tmp, "wb") as file:
+            np.save(file, images.heatmap_planes(result.pixels, result.heatmap), allow_pickle=False)
         if body is not None:
             with atomic_path(home / row["image_ref"]) as tmp:
                 tmp.write_bytes(body)
@@ -85,14 +87,31 @@ def _after(service: Service, row: dict, body: bytes | None, result: Result, shad
         log.exception("inspection %s: after-answer work failed", row["id"])
 
 
-@router.get("/heatmaps/{name}.png", response_class=FileResponse, responses={404: {"model": Problem}})
+@router.get("/heatmaps/{name}.png", response_class=Response, responses={
+    200: {"content": {"image/png": {}}, "description": "the heatmap overlay"}, 404: {"model": Problem}})
 async def heatmap(service: Annotated[Service, Depends(get_service)],
                   name: Annotated[str, PathParam(pattern=HEATMAP_NAME)]):
-    """The heatmap over the inspected image (404 until it is rendered, a few ms after the answer)."""
-    path = service.settings.home / "heatmaps" / f"{name}.png"
-    if not path.is_file():
-        raise HTTPException(404, f"no heatmap {name}.png (unknown, or not rendered yet)")
-    return FileResponse(path, media_type="image/png")
+    """The heatmap over the inspected image (404 until its data is written, a few ms after the answer),
+    drawn now from the data the inspection kept (or the PNG itself, which earlier builds of the service kept)."""
+    folder = service.settings.home / "heatmaps"
+    if (folder / f"{name}.png").is_file():
+        return FileResponse(folder / f"{name}.png", media_type="image/png")
+    png = await run_in_threadpool(_draw, folder / f"{name}{PLANES}")
+    if png is None:
+        raise HTTPException(404, f"no heatmap {name}.png (unknown, or not written yet)")
+    return Response(png, media_type="image/png")
+
+
+def _draw(path: Path) -> bytes | None:
+    """The overlay PNG from an inspection's heatmap planes; None when there are none (or they are damaged:
+    a file under the home folder that is not what the service wrote is treated as missing)."""
+    try:
+        planes = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if planes.dtype != np.uint8 or planes.ndim != 3 or len(planes) != 2:
+        return None
+    return images.overlay_png(planes)
 
 
 def _record(row) -> InspectionRecord:
