@@ -59,7 +59,7 @@ def wafers(n_normal: int, n_defect: int, seed: int):
     from fabguard.anomaly.synthetic import synthetic_set
 
     drawn = synthetic_set(n_normal, n_defect, SOURCE, seed=seed)
-    images = [prepare(np.round(image[0] * 255).astype(np.uint8), SIZE) for image in drawn.images]
+    images = [prepare(image, SIZE) for image in as_8bit(drawn.images)]
     masks = [np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((SIZE, SIZE), Image.NEAREST)) > 0
              for m in drawn.masks]
     return ImageSet(np.stack(images), drawn.paths, drawn.labels, drawn.defect_types, np.stack(masks))

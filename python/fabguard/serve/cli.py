@@ -47,8 +47,9 @@ def cmd_serve(args) -> int:
     from fabguard.serve.config import load_settings
 
     settings = load_settings(args.config, home=args.home, db=args.db, token_file=args.token_file)
-    # a request's thread that needs the GIL while the after-answer thread renders a heatmap waits up to the
-    # switch interval, 5 ms by default: a tenth of it keeps that wait inside the latency budget's margin
+    # a request's thread that needs the GIL while another thread holds it (the after-answer thread saving
+    # heatmap data or scoring a shadow candidate, another request's decode) waits up to the switch interval,
+    # 5 ms by default: a tenth of it keeps that wait inside the latency budget's margin
     sys.setswitchinterval(5e-4)
     # keep-alive longer than clients' and load balancers' idle timeouts (60 s is common): otherwise the
     # server may close a connection just as a client reuses it, and that request fails with a read error
