@@ -4,8 +4,10 @@
     python bench/serve/bench_serve.py --seconds 10 --clients 20   # a quick run
 
 1. load: ``--clients`` concurrent clients for ``--seconds`` with dynamic batching (max batch 16, max wait
-   2 ms) and without (max batch 1): requests, errors, throughput, p50 / p99; in each run the model is
-   promoted at 1/3 and rolled back at 2/3 of the time (failed requests and rollback time counted);
+   2 ms) and without (max batch 1), the bundled model serving and then PatchCore (1% coreset), whose
+   per-image time falls more with the batch size: requests, errors, throughput, p50 / p99; in each run a
+   second model is promoted at 1/3 and rolled back at 2/3 of the time (failed requests and rollback time
+   counted);
 2. kill -9 during load, restart: every inspection answered 200 is in the log; SQLite integrity check;
 3. PostgreSQL stopped during load (when its server binaries are installed): how inspections fail
    (status, time to answer) and when the service answers 200 again by itself;
@@ -13,8 +15,9 @@
    (decode, resize, ONNX Runtime, score + decision, heatmap planes after the answer, heatmap PNG drawn on
    GET, JSON serialisation, log commit) and HTTP end-to-end; HTTP p99 against inference p99.
 
-Images: synthetic 256 x 256 wafers (seeded). Model: the bundled default and, for the switch, a small PCA
-model fitted with seed 3. Writes bench/results/serve/serve.md and serve.json.
+Images: synthetic 256 x 256 wafers (seeded). Models: the bundled default; for the latency table and
+the second load run, models fitted on 100 synthetic wafers (seed 5). Writes bench/results/serve/serve.md
+and serve.json.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "results" / "serve"
 TOKEN = "bench-token"
+REPORT = {"auroc": 0.0, "auprc": 0.0, "fnr_at_fpr5": 1.0, "latency_ms_p50": 1.0}  # promoted with force: latency only
+SWITCH = "serving-copy-v1.0.0"  # the serving artifact again, promoted and rolled back under load
 
 
 def images(n: int = 16) -> list[bytes]:
@@ -91,38 +97,53 @@ class Server:
             self.proc.wait(timeout=60)
 
 
-async def load(url: str, clients: int, seconds: float, bodies: list[bytes], events=()) -> dict:
-    """``clients`` loops posting images for ``seconds``; ``events``: (at seconds, coroutine function)."""
+def load(url: str, clients: int, seconds: float, bodies: list[bytes], events=()) -> dict:
+    """``clients`` threads posting images for ``seconds``, each over a keep-alive connection of its own;
+    ``events``: (at seconds, name, function), each run on a thread of its own at that time. The standard
+    library's client: httpx's asyncio client with 50 connections took more of the two shared cores than
+    the service did, so its throughput was the client's (about 80 requests/s, p99 near 3 s), and it
+    turned dynamic batching's gain into a loss."""
+    host, port = url.removeprefix("http://").split(":")
     latencies, statuses, ids, versions, event_log = [], [], [], [], {}
     end = time.perf_counter() + seconds
 
-    async def client(i: int, http: httpx.AsyncClient):
-        n = 0
+    def client(i: int):
+        connection, n = None, 0
         while time.perf_counter() < end:
             start = time.perf_counter()
             try:
-                r = await http.post("/api/v1/inspect", params={"wafer_id": f"WF-{i}", "inspection_point": n},
-                                    content=bodies[(i + n) % len(bodies)])
-                statuses.append(r.status_code)
-                if r.status_code == 200:
-                    body = r.json()
-                    ids.append(body["inspection_id"])
-                    versions.append(body["model_version"])
-            except httpx.HTTPError as exc:
+                connection = connection or http.client.HTTPConnection(host, int(port), timeout=30)
+                connection.request("POST", f"/api/v1/inspect?wafer_id=WF-{i}&inspection_point={n}",
+                                   body=bodies[(i + n) % len(bodies)],
+                                   headers={"Content-Type": "application/octet-stream"})
+                response = connection.getresponse()
+                answer = response.read()
+                statuses.append(response.status)
+                if response.status == 200:
+                    answer = json.loads(answer)
+                    ids.append(answer["inspection_id"])
+                    versions.append(answer["model_version"])
+            except (OSError, http.client.HTTPException) as exc:  # the server killed, or restarting
                 statuses.append(type(exc).__name__)
+                connection = None
+                time.sleep(0.01)
             latencies.append(time.perf_counter() - start)
             n += 1
+        if connection is not None:
+            connection.close()
 
-    async def run_event(at, name, action):
-        await asyncio.sleep(at)
-        event_log[name] = await action()
+    def run_event(at, name, action):
+        time.sleep(at)
+        event_log[name] = action()
 
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(i, http) for i in range(clients)),
-                             *(run_event(at, name, action) for at, name, action in events))
-        wall = time.perf_counter() - started
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    threads += [threading.Thread(target=run_event, args=event) for event in events]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
     lat = np.array(latencies) * 1e3
     ok = sum(1 for s in statuses if s == 200)
     return {"requests": len(statuses), "ok": ok, "errors": len(statuses) - ok,
@@ -132,40 +153,38 @@ async def load(url: str, clients: int, seconds: float, bodies: list[bytes], even
             "events": event_log}
 
 
-def second_model(folder: Path) -> tuple[Path, dict]:
-    from fabguard.anomaly.export import export_onnx
-    from fabguard.anomaly.pca import PCADetector
-    from fabguard.anomaly.synthetic import synthetic_set
-
-    detector = PCADetector(n_components=8, input_size=32, seed=3).fit(synthetic_set(120, 0, 32, seed=3).images)
-    return export_onnx(detector, folder / "second.onnx"), {"auroc": 0.99, "auprc": 0.97, "fnr_at_fpr5": 0.0,
-                                                             "latency_ms_p50": 0.3}
-
-
-def phase_load(args, bodies, work: Path) -> dict:
+def phase_load(args, bodies, work: Path, version: str | None = None, serving: Path | None = None) -> dict:
+    """Both modes with the bundled model serving, or ``serving`` (registered as ``version``). The serving
+    artifact registered again, as ``SWITCH``, is promoted at 1/3 and rolled back at 2/3 of each run: the
+    switch under load, with each answer naming its version, and no faster or slower model in the
+    throughput."""
     from fabguard.client import Client
+    from fabguard.serve.bundle import FOLDER, VERSION
 
-    artifact, report = second_model(work)
+    artifact = serving or FOLDER / f"{VERSION}.onnx"
     results = {}
     for mode, env in (("batching", {"FABGUARD_MAX_BATCH": "16", "FABGUARD_MAX_WAIT_MS": "2"}),
                       ("no batching", {"FABGUARD_MAX_BATCH": "1", "FABGUARD_MAX_WAIT_MS": "0"})):
-        server = Server(work / mode.replace(" ", "_"), env).start()
+        server = Server(work / f"{version or 'bundled'}-{mode.replace(' ', '_')}", env).start()
         try:
             # the same promote and rollback in both modes, so their throughputs compare like for like
-            admin = Client(server.url, token=TOKEN, timeout=60)
-            admin.register(artifact, "pca-small-v0.1.0", report)
+            admin = Client(server.url, token=TOKEN, timeout=120)
+            if serving is not None:
+                admin.register(serving, version, REPORT)
+                admin.promote(version, force=True)
+            admin.register(artifact, SWITCH, REPORT)
 
-            async def promote():
+            def promote():
                 start = time.perf_counter()
-                await asyncio.to_thread(admin.promote, "pca-small-v0.1.0")
+                admin.promote(SWITCH, True)
                 return time.perf_counter() - start
 
-            async def rollback():
+            def rollback():
                 start = time.perf_counter()
-                await asyncio.to_thread(admin.rollback)
+                admin.rollback()
                 return time.perf_counter() - start
             events = ((args.seconds / 3, "promote_s", promote), (2 * args.seconds / 3, "rollback_s", rollback))
-            result = asyncio.run(load(server.url, args.clients, args.seconds, bodies, events))
+            result = load(server.url, args.clients, args.seconds, bodies, events)
             metrics = httpx.get(server.url + "/metrics").text
             sizes = [line for line in metrics.splitlines() if line.startswith("fabguard_batch_size_")]
             result["batch_size_mean"] = (float(next(s.split()[-1] for s in sizes if s.startswith("fabguard_batch_size_sum")))
@@ -181,13 +200,12 @@ def phase_kill(args, bodies, work: Path) -> dict:
     home = work / "kill"
     server = Server(home).start()
 
-    async def killer():
-        await asyncio.sleep(args.kill_after)
+    def killer():
         server.proc.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(server.proc.wait)
+        server.proc.wait()
         return True
 
-    result = asyncio.run(load(server.url, args.clients, args.kill_after + 2, bodies, ((0, "kill", killer),)))
+    result = load(server.url, args.clients, args.kill_after + 2, bodies, ((args.kill_after, "kill", killer),))
     with sqlite3.connect(home / "fabguard.db") as c:
         integrity = c.execute("PRAGMA integrity_check").fetchone()[0]
         logged = {r[0] for r in c.execute("SELECT id FROM inspections")}
@@ -256,8 +274,8 @@ def phase_outage(args, bodies, work: Path) -> dict | None:
             "non_200_after_recovery": sum(1 for s, c, _ in timeline if after_ok and s > min(after_ok) and c != 200)}
 
 
-def latency_models(work: Path) -> dict:
-    """Artifacts for the latency table besides the bundled model: the PCA model bundled before it
+def models(work: Path) -> dict:
+    """Artifacts for the latency table besides the bundled model (and the heavier load run): the PCA model bundled before it
     (bench/serve/pca_wafer.py), and PatchCore with a 1% coreset, the pixel VAE and the feature-space VAE at
     their default sizes, fitted on 100 synthetic 256 x 256 wafers (seed 5). The VAEs are trained for one
     epoch: latency does not depend on how well a network is trained, only on its shape."""
@@ -275,9 +293,6 @@ def latency_models(work: Path) -> dict:
         detector = get("detector", kind)(seed=5, **params).fit(train)
         out[version] = export_onnx(detector, work / f"{version}.onnx", seed=5)
     return out
-
-
-REPORT = {"auroc": 0.0, "auprc": 0.0, "fnr_at_fpr5": 1.0, "latency_ms_p50": 1.0}  # promoted with force: latency only
 
 
 def phase_latency(args, bodies, work: Path, version: str | None = None, artifact: Path | None = None) -> dict:
@@ -362,7 +377,12 @@ def phase_latency(args, bodies, work: Path, version: str | None = None, artifact
             "http_ms": {"p50": pct(http_ms, 50), "p99": pct(http_ms, 99)},
             "inference_ms": {"p50": pct(inference_ms, 50), "p99": pct(inference_ms, 99)},
             "http_stdlib_ms": {"p50": pct(stdlib_ms, 50), "p99": pct(stdlib_ms, 99)},
-            "inference_stdlib_ms": {"p50": pct(stdlib_inference_ms, 50), "p99": pct(stdlib_inference_ms, 99)}}
+            "inference_stdlib_ms": {"p50": pct(stdlib_inference_ms, 50), "p99": pct(stdlib_inference_ms, 99)},
+            # each request's HTTP time minus its own ONNX call: what the service and the client added to it
+            "added_ms": {"p50": pct(np.subtract(http_ms, inference_ms), 50),
+                         "p99": pct(np.subtract(http_ms, inference_ms), 99)},
+            "added_stdlib_ms": {"p50": pct(np.subtract(stdlib_ms, stdlib_inference_ms), 50),
+                                "p99": pct(np.subtract(stdlib_ms, stdlib_inference_ms), 99)}}
 
 
 def write(results: dict) -> None:
@@ -376,17 +396,21 @@ def write(results: dict) -> None:
                                           "after)" if phase in loads else "")
               for phase, command in results.get("commands", {}).items()] or [f"Command: `{results['command']}`"]
     lines += [""]
-    load_ = results.get("load")
-    if load_:
-        lines += ["## Load on loopback", "", f"{results['args']['clients']} clients x {results['args']['seconds']} s, "
-                  f"synthetic 256 x 256 PNGs, the bundled model ({VERSION}); server and "
+    for model, load_ in results.get("load", {}).items():
+        lines += [f"## Load on loopback: {VERSION if model == 'bundled' else model}", "",
+                  f"{results['args']['clients']} clients (threads, a keep-alive `http.client` connection each) x "
+                  f"{results['args']['seconds']} s, synthetic 256 x 256 PNGs, "
+                  f"{'the bundled model' if model == 'bundled' else 'PatchCore with a 1% coreset'} serving; server and "
                   "clients share the machine.", "",
                   "| mode | requests | errors | throughput /s | p50 ms | p99 ms | mean batch |",
                   "|---|---|---|---|---|---|---|"]
         for mode, r in load_.items():
             lines.append(f"| {mode} | {r['requests']} | {r['errors']} | {r['throughput_per_s']:.1f} | "
                          f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['batch_size_mean']:.2f} |")
-        lines += ["", "Promote at 1/3 and rollback at 2/3 of each run (HTTP call, the model already loaded):"]
+        gain = load_["batching"]["throughput_per_s"] / load_["no batching"]["throughput_per_s"] - 1
+        lines += ["", f"Throughput gain of dynamic batching: {gain:+.0%}.", "",
+                  f"`{SWITCH}` (the serving artifact again) promoted at 1/3 and rolled back at 2/3 of each run "
+                  "(the HTTP call; the promotion loads it, the rollback returns to a loaded model):"]
         for mode, r in load_.items():
             ev = r["events"]
             lines.append(f"- {mode}: versions answered {r['versions']}; promote took "
@@ -447,6 +471,9 @@ def latency_lines(lats: dict) -> list[str]:
                   f"{lats[n]['inference_ms']['p50']:.3f} / {lats[n]['inference_ms']['p99']:.3f}" for n in names) + " |",
               "| **HTTP p99 - inference p99** (target <= 5 ms) | | " + " | ".join(
                   f"{lats[n]['http_ms']['p99'] - lats[n]['inference_ms']['p99']:.3f}" for n in names) + " |"]
+    if all("added_ms" in lats[n] for n in names):
+        lines += ["| HTTP minus the request's own ONNX call, per request | | " + " | ".join(
+            f"{lats[n]['added_ms']['p50']:.3f} / {lats[n]['added_ms']['p99']:.3f}" for n in names) + " |"]
     if all("http_stdlib_ms" in lats[n] for n in names):
         lines += ["| HTTP end-to-end, standard-library client (`http.client`) | | " + " | ".join(
                       f"{lats[n]['http_stdlib_ms']['p50']:.3f} / {lats[n]['http_stdlib_ms']['p99']:.3f}" for n in names) + " |",
@@ -455,7 +482,10 @@ def latency_lines(lats: dict) -> list[str]:
                       for n in names) + " |",
                   "| **HTTP p99 - inference p99, standard-library client** | | " + " | ".join(
                       f"{lats[n]['http_stdlib_ms']['p99'] - lats[n]['inference_stdlib_ms']['p99']:.3f}" for n in names)
-                  + " |"]
+                  + " |",
+                  "| HTTP minus the request's own ONNX call, per request, standard-library client | | " + " | ".join(
+                      f"{lats[n]['added_stdlib_ms']['p50']:.3f} / {lats[n]['added_stdlib_ms']['p99']:.3f}"
+                      for n in names) + " |"]
     lines += [""]
     return lines
 
@@ -468,8 +498,8 @@ def main() -> None:
     parser.add_argument("--outage-clients", type=int, default=10)
     parser.add_argument("--outage-at", type=float, default=3)
     parser.add_argument("--outage-for", type=float, default=5)
-    parser.add_argument("--latency-n", type=int, default=300)
-    parser.add_argument("--bundled-only", action="store_true", help="latency of the bundled model only")
+    parser.add_argument("--latency-n", type=int, default=1000, help="requests per model (p99: the 10th slowest)")
+    parser.add_argument("--bundled-only", action="store_true", help="latency and load of the bundled model only")
     parser.add_argument("--phases", type=lambda t: t.split(","), default=["latency", "load", "kill", "outage"],
                         help="comma-separated subset of latency,load,kill,outage (default: all)")
     args = parser.parse_args()
@@ -479,14 +509,27 @@ def main() -> None:
         results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                    "command": "python bench/serve/bench_serve.py " + " ".join(sys.argv[1:]), "args": vars(args)}
         loads = results["load_average"] = {}  # the 2 cores may be shared: the 1-min load before and after
+        fitted = {}
+
+        def heavier() -> dict:  # fitted once, for the latency and the load phases
+            if not fitted:
+                fitted.update(models(work))
+            return fitted
         if "latency" in args.phases:
             before = os.getloadavg()[0]
             results["latency"] = {"bundled": phase_latency(args, bodies, work)}
             if not args.bundled_only:
-                for version, artifact in latency_models(work).items():
+                for version, artifact in heavier().items():
                     results["latency"][version] = phase_latency(args, bodies, work, version, artifact)
             loads["latency"] = [before, os.getloadavg()[0]]
-        for phase, run in (("load", phase_load), ("kill", phase_kill), ("outage", phase_outage)):
+        if "load" in args.phases:
+            before = os.getloadavg()[0]
+            results["load"] = {"bundled": phase_load(args, bodies, work)}
+            if not args.bundled_only:  # a heavier model, whose per-image time falls more with the batch size
+                version = "patchcore-wafer-v0.0.1"
+                results["load"][version] = phase_load(args, bodies, work, version, heavier()[version])
+            loads["load"] = [before, os.getloadavg()[0]]
+        for phase, run in (("kill", phase_kill), ("outage", phase_outage)):
             if phase in args.phases:
                 before = os.getloadavg()[0]
                 results[phase] = run(args, bodies, work)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import io
 import math
+import sqlite3
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -50,7 +54,7 @@ def test_response_has_the_case_study_fields_and_is_logged(app_client, api, wafer
         row = rows[answer["inspection_id"]]
         assert (row.anomaly_score, row.decision, row.confidence, row.model_version) == (
             answer["anomaly_score"], answer["decision"], answer["confidence"], answer["model_version"])
-    heatmap = Image.open(io.BytesIO(api.heatmap(answers[-1]["heatmap_url"])))
+    heatmap = Image.open(io.BytesIO(_heatmap_when_written(client, answers[-1]["heatmap_url"])))
     assert heatmap.format == "PNG" and heatmap.size == (64, 64)  # the model's input size
     home = app.state.service.settings.home
     assert (home / api.inspection(answers[0]["inspection_id"])["image_ref"]).read_bytes() == images[0]
@@ -315,3 +319,88 @@ def test_a_request_queued_while_a_batch_is_scored_is_scored_next_by_that_thread(
     (a, b), calls = asyncio.run(main())
     assert (a[1]["id"], a[0].decision, b[1]["id"], b[0].decision) == ("a", "REJECT", "b", "PASS")
     assert calls == [1, 1]
+
+
+def test_heatmap_data_is_written_during_the_next_model_call(app_client, api, wafer_images, monkeypatch):
+    """After-answer work holds the GIL; it waits for a model call (which does not) to run beside, or for
+    AFTER_WAIT_S on a quiet line."""
+    from fabguard.serve.routers import anomaly
+
+    client, app = app_client
+    monkeypatch.setattr(anomaly, "AFTER_WAIT_S", 60.0)
+    first = api.inspect(wafer_images[0][0], "WF-1", 1)
+    time.sleep(0.3)
+    assert client.get(first["heatmap_url"]).status_code == 404  # still waiting: no model call since
+    api.inspect(wafer_images[0][1], "WF-1", 2)
+    _heatmap_when_written(client, first["heatmap_url"])  # within seconds, not AFTER_WAIT_S
+    app.state.service.batcher.in_model.set()  # as the next model call would: the second one's work runs
+
+
+def test_after_answer_work_waits_at_most_its_own_deadline_so_a_backlog_does_not_pile_up(
+        app_client, api, wafer_images, monkeypatch):
+    """With no model call seen (a model so quick the thread never catches one), each inspection's work
+    runs AFTER_WAIT_S after its own answer: 8 inspections need about 1 s, not 8 waits of 1 s in a row."""
+    from fabguard.serve.routers import anomaly
+
+    class Unseen(threading.Event):
+        def set(self):
+            pass
+
+    client, app = app_client
+    monkeypatch.setattr(anomaly, "AFTER_WAIT_S", 1.0)
+    monkeypatch.setattr(app.state.service.batcher, "in_model", Unseen())
+    urls = [api.inspect(wafer_images[0][i % 2], "WF-1", i)["heatmap_url"] for i in range(8)]
+    answered = time.monotonic()
+    for url in urls:
+        _heatmap_when_written(client, url)
+    assert time.monotonic() - answered < 4.0
+
+
+def test_sqlite_log_is_checkpointed_by_the_service_not_inside_a_commit(app_client, api, wafer_images):
+    """The commit that takes the WAL past 1000 pages would otherwise copy it into the database file while
+    an inspection waits for its answer."""
+    client, app = app_client
+    service = app.state.service
+    with service.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    path = service.settings.home / "fabguard.db"
+
+    def in_file() -> set[str]:  # the database file alone: immutable=1 reads no WAL
+        with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as connection:
+            try:
+                return {row[0] for row in connection.execute("SELECT id FROM inspections")}
+            except sqlite3.DatabaseError:  # no table yet (the schema is still in the WAL), or read while a
+                return set()  # checkpoint writes the file, which immutable=1 tells SQLite cannot happen
+
+    ids = {api.inspect(wafer_images[0][0], "WF-1", i)["inspection_id"] for i in range(3)}
+    deadline = time.monotonic() + 10 * db.CHECKPOINT_SECONDS
+    while not ids <= in_file():
+        assert time.monotonic() < deadline, "the inspections never reached the database file"
+        time.sleep(0.05)
+
+
+def test_checkpoint_moves_committed_rows_into_the_database_file(tmp_path):
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'log.db'}", autocheckpoint=False)
+    db.migrate(engine)
+    db.checkpoint(engine)  # the tables, into the file
+    with engine.begin() as connection:
+        connection.execute(db.events.insert().values(at=datetime.now(timezone.utc), kind="test", detail={}))
+
+    def in_file() -> int:
+        with contextlib.closing(sqlite3.connect(f"file:{tmp_path / 'log.db'}?immutable=1", uri=True)) as c:
+            return c.execute("SELECT count(*) FROM events").fetchone()[0]
+
+    assert in_file() == 0  # committed, in the WAL only
+    db.checkpoint(engine)
+    assert in_file() == 1
+    engine.dispose()
+
+
+def test_start_up_objects_are_frozen_out_of_full_collections(settings):
+    from fastapi.testclient import TestClient
+
+    from fabguard.serve.app import create_app
+
+    gc.unfreeze()
+    with TestClient(create_app(settings)):
+        assert gc.get_freeze_count() > 10_000  # modules, registry, sessions: not walked by a full collection

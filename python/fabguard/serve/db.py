@@ -1,8 +1,9 @@
 """The inspection log and the model registry as SQLAlchemy Core tables (schema owned by Alembic).
 
 SQLite (the default) runs in WAL mode with ``synchronous=NORMAL``: a committed inspection survives a
-killed process (kill -9), and readers never block the writer. PostgreSQL (``postgresql://...``) lets
-several replicas share one log and one registry.
+killed process (kill -9), and readers never block the writer. The service moves the WAL into the database
+file on a thread of its own (:func:`checkpoint`), not inside an inspection's commit. PostgreSQL
+(``postgresql://...``) lets several replicas share one log and one registry.
 """
 
 from __future__ import annotations
@@ -118,8 +119,9 @@ yield_jobs = sa.Table(
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def create_engine(url: str) -> sa.Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys on every connection."""
+def create_engine(url: str, autocheckpoint: bool = True) -> sa.Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys on every connection, and
+    without ``autocheckpoint`` its commits never checkpoint (the caller runs :func:`checkpoint`)."""
     if not url.startswith("sqlite"):
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
@@ -133,9 +135,24 @@ def create_engine(url: str) -> sa.Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if not autocheckpoint:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     return engine
+
+
+CHECKPOINT_SECONDS = 1.0
+
+
+def checkpoint(engine: sa.Engine) -> None:
+    """Copy the pages committed to SQLite's WAL into the database file, without waiting for any reader or
+    writer (PASSIVE). The service runs this every ``CHECKPOINT_SECONDS`` on a background thread: left to
+    SQLite, the commit that takes the WAL past 1000 pages does it, and that inspection's answer waited
+    7-13 ms, one inspection in about 200 (bench/serve). Nothing for PostgreSQL."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def migrate(engine: sa.Engine) -> None:

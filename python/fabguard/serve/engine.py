@@ -59,8 +59,9 @@ def confidence(score: float, review: float, reject: float) -> float:
     return 1.0 - 0.5 * math.exp(-distance / width)
 
 
-def score_batch(model: Loaded, arrays: list[np.ndarray]) -> list[Result]:
-    """Score images, each (3, H, W) float32 in [0, 1], with ``model`` (on the thread scoring the batch)."""
+def score_batch(model: Loaded, arrays: list[np.ndarray], in_model: threading.Event | None = None) -> list[Result]:
+    """Score images, each (3, H, W) float32 in [0, 1], with ``model`` (on the thread scoring the batch);
+    ``in_model`` is set during the ONNX Runtime call."""
     from fabguard.anomaly.images import resize
     from fabguard.anomaly.reference import grid_embedding
     from fabguard.anomaly.runtime import LATENT
@@ -69,7 +70,13 @@ def score_batch(model: Loaded, arrays: list[np.ndarray]) -> list[Result]:
     start = time.perf_counter()
     batch = np.stack([resize(a, inspector.input_size) for a in arrays])
     prepared = time.perf_counter()
-    outputs = dict(zip(model.outputs, inspector.run(inspector.session, batch, inspector.max_batch)))
+    if in_model is not None:
+        in_model.set()
+    try:
+        outputs = dict(zip(model.outputs, inspector.run(inspector.session, batch, inspector.max_batch)))
+    finally:
+        if in_model is not None:
+            in_model.clear()
     ran = time.perf_counter()
     scores, heatmaps = outputs["score"], outputs["heatmap"]
     decisions = inspector.thresholds.decide(scores)
@@ -102,6 +109,9 @@ class Batcher:
         self.arriving = 0  # requests decoding their image: a batch waits for them, never for nobody
         self.lock = threading.Lock()  # guards ``arriving``
         self.scoring = threading.Lock()  # held by the one thread scoring batches
+        # set while a batch is inside ONNX Runtime, which has released the GIL: work done after an answer
+        # waits for it, so as not to hold the GIL while the next request is being read and decoded
+        self.in_model = threading.Event()
 
     async def stop(self) -> None:
         """Score whatever is still queued (each request's thread normally has)."""
@@ -202,7 +212,7 @@ class Batcher:
         answer is sent, at one commit per batch."""
         from fabguard.serve.drift import encode_latent
 
-        results = score_batch(model, arrays)
+        results = score_batch(model, arrays, self.in_model)
         now = datetime.now(timezone.utc)
         rows = [{**row, "created_at": now, "model_version": r.version, "anomaly_score": r.score,
                  "decision": r.decision, "confidence": r.confidence, "inference_time_ms": r.inference_ms,
