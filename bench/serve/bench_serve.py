@@ -123,8 +123,10 @@ def load(url: str, clients: int, seconds: float, bodies: list[bytes], events=())
                     answer = json.loads(answer)
                     ids.append(answer["inspection_id"])
                     versions.append(answer["model_version"])
-            except (OSError, http.client.HTTPException) as exc:  # the server killed, or restarting
+            except Exception as exc:  # noqa: BLE001  (the server killed or restarting; a damaged answer)
                 statuses.append(type(exc).__name__)
+                if connection is not None:
+                    connection.close()
                 connection = None
                 time.sleep(0.01)
             latencies.append(time.perf_counter() - start)
@@ -134,7 +136,10 @@ def load(url: str, clients: int, seconds: float, bodies: list[bytes], events=())
 
     def run_event(at, name, action):
         time.sleep(at)
-        event_log[name] = action()
+        try:
+            event_log[name] = action()
+        except Exception as exc:  # noqa: BLE001  (reported, and the run fails after the clients stop)
+            event_log[name] = exc
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     threads += [threading.Thread(target=run_event, args=event) for event in events]
@@ -144,6 +149,9 @@ def load(url: str, clients: int, seconds: float, bodies: list[bytes], events=())
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    failed = {name: exc for name, exc in event_log.items() if isinstance(exc, Exception)}
+    if failed:
+        raise RuntimeError(f"event(s) failed during the load: {failed}")
     lat = np.array(latencies) * 1e3
     ok = sum(1 for s in statuses if s == 200)
     return {"requests": len(statuses), "ok": ok, "errors": len(statuses) - ok,

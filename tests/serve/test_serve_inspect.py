@@ -333,7 +333,6 @@ def test_heatmap_data_is_written_during_the_next_model_call(app_client, api, waf
     assert client.get(first["heatmap_url"]).status_code == 404  # still waiting: no model call since
     api.inspect(wafer_images[0][1], "WF-1", 2)
     _heatmap_when_written(client, first["heatmap_url"])  # within seconds, not AFTER_WAIT_S
-    app.state.service.batcher.in_model.set()  # as the next model call would: the second one's work runs
 
 
 def test_after_answer_work_waits_at_most_its_own_deadline_so_a_backlog_does_not_pile_up(
@@ -362,7 +361,7 @@ def test_sqlite_log_is_checkpointed_by_the_service_not_inside_a_commit(app_clien
     client, app = app_client
     service = app.state.service
     with service.engine.connect() as connection:
-        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == db.FALLBACK_CHECKPOINT_PAGES
     path = service.settings.home / "fabguard.db"
 
     def in_file() -> set[str]:  # the database file alone: immutable=1 reads no WAL
@@ -381,6 +380,8 @@ def test_sqlite_log_is_checkpointed_by_the_service_not_inside_a_commit(app_clien
 
 def test_checkpoint_moves_committed_rows_into_the_database_file(tmp_path):
     engine = db.create_engine(f"sqlite:///{tmp_path / 'log.db'}", autocheckpoint=False)
+    with engine.connect() as connection:  # SQLite's own checkpoint only past the fallback's 10,000 pages
+        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == db.FALLBACK_CHECKPOINT_PAGES
     db.migrate(engine)
     db.checkpoint(engine)  # the tables, into the file
     with engine.begin() as connection:
@@ -404,3 +405,4 @@ def test_start_up_objects_are_frozen_out_of_full_collections(settings):
     gc.unfreeze()
     with TestClient(create_app(settings)):
         assert gc.get_freeze_count() > 10_000  # modules, registry, sessions: not walked by a full collection
+    assert gc.get_freeze_count() == 0  # and unfrozen when the service stops

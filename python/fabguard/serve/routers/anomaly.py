@@ -78,9 +78,11 @@ def _after(service: Service, row: dict, body: bytes | None, result: Result, shad
 
     It starts when a batch enters its ONNX Runtime call, or at ``deadline`` (``AFTER_WAIT_S`` after the
     answer): this work holds the GIL, which the model call does not, whereas the next request's parsing and
-    decoding need it. Run at once, it lengthened that request by about a millisecond at the median. The
-    deadline counts from the answer, not from when this thread gets to the work, so a backlog never waits
-    again: the thread keeps up with any rate its work allows, however short the model calls."""
+    decoding need it. Run at once, it lengthened that request by about a millisecond at the median
+    (PatchCore, concurrency 1, two servers measured in alternating blocks). The deadline counts from the
+    answer, not from when this thread gets to the work, so a backlog never waits again: the thread keeps
+    up with any rate its work allows, however short the model calls. A shadow candidate's model call then
+    runs beside production's, sharing the cores."""
     service.batcher.in_model.wait(max(0.0, deadline - time.monotonic()))
     home = service.settings.home
     try:
@@ -104,8 +106,9 @@ def _after(service: Service, row: dict, body: bytes | None, result: Result, shad
     200: {"content": {"image/png": {}}, "description": "the heatmap overlay"}, 404: {"model": Problem}})
 async def heatmap(service: Annotated[Service, Depends(get_service)],
                   name: Annotated[str, PathParam(pattern=HEATMAP_NAME)]):
-    """The heatmap over the inspected image (404 until its data is written, a few ms after the answer),
-    drawn now from the data the inspection kept (or the PNG itself, which earlier builds of the service kept)."""
+    """The heatmap over the inspected image, drawn now from the data the inspection kept (or the PNG itself,
+    which earlier builds of the service kept); 404 until that data is written: when the next model call
+    starts, or ``AFTER_WAIT_S`` after the answer (later only behind a backlog of such work)."""
     folder = service.settings.home / "heatmaps"
     if (folder / f"{name}.png").is_file():
         return FileResponse(folder / f"{name}.png", media_type="image/png")
