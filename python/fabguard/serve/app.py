@@ -123,8 +123,8 @@ async def lifespan(app: FastAPI):
     app.state.service = service
     # what start-up made (modules, the registry, ONNX Runtime sessions) lives as long as the service: frozen,
     # it is left out of the garbage collector's full passes, which otherwise walk ~115k objects (53-61 ms
-    # each measured in process on a 2-core machine, every request standing still meanwhile)
-    gc.collect()
+    # each measured in process on a 2-core machine, every request standing still meanwhile). No collection
+    # first: in a process holding more (the test suite) it would walk all of that at every start
     gc.freeze()
     loop, settings = asyncio.get_running_loop(), service.settings
     service.tasks += [loop.create_task(every(settings.sync_seconds, partial(follow, service), "follow promotions")),
