@@ -13,7 +13,8 @@
    (status, time to answer) and when the service answers 200 again by itself;
 4. latency at concurrency 1, the case study's budget table: per-stage times measured in process
    (decode, resize, ONNX Runtime, score + decision, heatmap planes after the answer, heatmap PNG drawn on
-   GET, JSON serialisation, log commit) and HTTP end-to-end; HTTP p99 against inference p99.
+   GET, JSON serialisation, log commit) and HTTP end-to-end; HTTP p99 against inference p99; the HTTP
+   floor of this machine (``floor_app.py``: the same stack doing no work of its own).
 
 Images: synthetic 256 x 256 wafers (seeded). Models: the bundled default; for the latency table and
 the second load run, models fitted on 100 synthetic wafers (seed 5). Writes bench/results/serve/serve.md
@@ -75,10 +76,13 @@ class Server:
         self.env = {**os.environ, "FABGUARD_TOKEN": TOKEN, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
         self.url = f"http://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "fabguard", "serve", "--port", str(self.port), "--home", str(self.home)] + \
+            (["--db", self.db] if self.db else [])
+
     def start(self) -> "Server":
-        command = [sys.executable, "-m", "fabguard", "serve", "--port", str(self.port), "--home", str(self.home)]
-        self.proc = subprocess.Popen(command + (["--db", self.db] if self.db else []), env=self.env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.command(), env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
@@ -95,6 +99,13 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=60)
+
+
+class Floor(Server):
+    """``floor_app.py``: the same HTTP stack with no work of the service's own (the latency floor)."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(Path(__file__).with_name("floor_app.py")), str(self.port)]
 
 
 def load(url: str, clients: int, seconds: float, bodies: list[bytes], events=()) -> dict:
@@ -303,6 +314,54 @@ def models(work: Path) -> dict:
     return out
 
 
+def sequential(server: Server, n: int, bodies: list[bytes]) -> dict:
+    """``n`` inspections one after another from httpx, then ``n`` from the standard library's client,
+    which does less per request (the difference between the two is the client's time, not the service's),
+    each after 20 unmeasured ones (the first answers after a start or a promotion warm caches): HTTP times
+    and the inference times the answers report, in ms, and the versions that answered."""
+    out = {"httpx": [], "httpx_inference": [], "stdlib": [], "stdlib_inference": [], "versions": set()}
+    with httpx.Client(base_url=server.url, timeout=30) as web:
+        for i in range(n + 20):
+            start = time.perf_counter()
+            r = web.post("/api/v1/inspect", params={"wafer_id": "WF-1", "inspection_point": i},
+                         content=bodies[i % len(bodies)])
+            elapsed = (time.perf_counter() - start) * 1e3
+            answer = r.raise_for_status().json()
+            if i >= 20:
+                out["httpx"].append(elapsed)
+                out["httpx_inference"].append(answer["inference_time_ms"])
+                out["versions"].add(answer["model_version"])
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    for i in range(n + 20):
+        start = time.perf_counter()
+        connection.request("POST", f"/api/v1/inspect?wafer_id=WF-2&inspection_point={i}", body=bodies[i % len(bodies)],
+                           headers={"Content-Type": "application/octet-stream"})
+        response = connection.getresponse()
+        data = response.read()
+        elapsed = (time.perf_counter() - start) * 1e3
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+        answer = json.loads(data)
+        if i >= 20:
+            out["stdlib"].append(elapsed)
+            out["stdlib_inference"].append(answer["inference_time_ms"])
+            out["versions"].add(answer["model_version"])
+    connection.close()
+    return out
+
+
+def phase_floor(args, bodies, work: Path) -> dict:
+    """The HTTP floor (:mod:`floor_app`) at concurrency 1, measured as the service is."""
+    server = Floor(work / "floor").start()
+    try:
+        timed = sequential(server, args.latency_n, bodies)
+    finally:
+        server.stop()
+    pct = lambda v, q: float(np.percentile(v, q))  # noqa: E731
+    return {"n": args.latency_n, **{k: {"p50": pct(timed[k], 50), "p99": pct(timed[k], 99)}
+                                    for k in ("httpx", "stdlib")}}
+
+
 def phase_latency(args, bodies, work: Path, version: str | None = None, artifact: Path | None = None) -> dict:
     """Per-stage times in process, and HTTP at concurrency 1, for the bundled model or ``artifact``."""
     from fabguard.client import Client
@@ -349,33 +408,14 @@ def phase_latency(args, bodies, work: Path, version: str | None = None, artifact
         with Client(server.url, token=TOKEN, timeout=120) as admin:
             admin.register(artifact, version, REPORT)
             admin.promote(version, force=True)
-    http_ms, inference_ms = [], []
-    with httpx.Client(base_url=server.url, timeout=30) as web:
-        for i in range(args.latency_n + 20):
-            start = time.perf_counter()
-            r = web.post("/api/v1/inspect", params={"wafer_id": "WF-1", "inspection_point": i},
-                          content=bodies[i % len(bodies)])
-            if i >= 20:  # the first answers after a promotion warm caches
-                http_ms.append((time.perf_counter() - start) * 1e3)
-                inference_ms.append(r.json()["inference_time_ms"])
-            assert r.json()["model_version"] == model.version
-    # the same requests from the standard library's client, which does less per request than httpx: the
-    # difference between the two rows is the client's time, not the service's
-    stdlib_ms, stdlib_inference_ms = [], []
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    for i in range(args.latency_n + 20):
-        start = time.perf_counter()
-        connection.request("POST", f"/api/v1/inspect?wafer_id=WF-2&inspection_point={i}", body=bodies[i % len(bodies)],
-                           headers={"Content-Type": "application/octet-stream"})
-        answer = json.loads(connection.getresponse().read())
-        if i >= 20:
-            stdlib_ms.append((time.perf_counter() - start) * 1e3)
-            stdlib_inference_ms.append(answer["inference_time_ms"])
-    connection.close()
+    timed = sequential(server, args.latency_n, bodies)
+    assert timed["versions"] == {model.version}, timed["versions"]
     with httpx.Client(base_url=server.url, timeout=30) as web:
         log = [line for line in web.get("/metrics").text.splitlines()
                if line.startswith("fabguard_log_write_seconds_")]
     server.stop()
+    http_ms, inference_ms = timed["httpx"], timed["httpx_inference"]
+    stdlib_ms, stdlib_inference_ms = timed["stdlib"], timed["stdlib_inference"]
     total = float(next(x.split()[-1] for x in log if "_sum" in x))
     count = float(next(x.split()[-1] for x in log if "_count" in x))
     pct = lambda v, q: float(np.percentile(v, q))  # noqa: E731
@@ -441,11 +481,11 @@ def write(results: dict) -> None:
                   f"{o['non_200_after_recovery']}.", ""]
     lats = results.get("latency")
     if lats:
-        lines += latency_lines(lats)
+        lines += latency_lines(lats, results.get("latency_floor"))
     (OUT / "serve.md").write_text("\n".join(lines))
 
 
-def latency_lines(lats: dict) -> list[str]:
+def latency_lines(lats: dict, floor: dict | None) -> list[str]:
     lines = []
     rows = (("Image transfer + HTTP (end-to-end minus in-process stages)", "5 ms", None),
             ("Decode (PNG/TIFF -> float)", "(in preprocessing)", "decode"),
@@ -495,6 +535,12 @@ def latency_lines(lats: dict) -> list[str]:
                       f"{lats[n]['added_stdlib_ms']['p50']:.3f} / {lats[n]['added_stdlib_ms']['p99']:.3f}"
                       for n in names) + " |"]
     lines += [""]
+    if floor:
+        lines += [f"HTTP floor on this machine: `bench/serve/floor_app.py`, the same FastAPI / uvicorn stack answering a "
+                  "fixed inspection-sized response after reading the body and one round trip to a worker thread (no "
+                  f"decode, model, scoring or log), {floor['n']} requests each: httpx p50 / p99 "
+                  f"{floor['httpx']['p50']:.3f} / {floor['httpx']['p99']:.3f} ms, standard-library client "
+                  f"{floor['stdlib']['p50']:.3f} / {floor['stdlib']['p99']:.3f} ms.", ""]
     return lines
 
 
@@ -525,6 +571,7 @@ def main() -> None:
             return fitted
         if "latency" in args.phases:
             before = os.getloadavg()[0]
+            results["latency_floor"] = phase_floor(args, bodies, work)
             results["latency"] = {"bundled": phase_latency(args, bodies, work)}
             if not args.bundled_only:
                 for version, artifact in heavier().items():
@@ -548,6 +595,8 @@ def main() -> None:
         for phase in ("latency", "load", "kill", "outage"):
             if phase not in args.phases and phase in earlier:
                 results[phase] = earlier[phase]
+                if phase == "latency" and "latency_floor" in earlier:
+                    results["latency_floor"] = earlier["latency_floor"]
                 if phase in earlier.get("load_average", {}):
                     results["load_average"][phase] = earlier["load_average"][phase]
                 results.setdefault("commands", {})[phase] = earlier.get("commands", {}).get(phase, earlier["command"])
