@@ -371,17 +371,10 @@ def timed_runs(server: Server, args, bodies: list[bytes]) -> dict:
                            "gap_ms": float(np.percentile(http_ms, 99) - np.percentile(inference_ms, 99))}
         runs.append(run)
 
-    def median(*path):
-        values = []
-        for run in runs:
-            for key in path:
-                run = run[key]
-            values.append(run)
-        return float(np.median(values))
     out = {"runs": runs, "versions": sorted({v for run in runs for v in run["versions"]})}
     for client in ("httpx", "stdlib"):
-        out[client] = {"gap_ms": median(client, "gap_ms"),
-                       **{k: {q: median(client, k, q) for q in ("p50", "p99")}
+        out[client] = {"gap_ms": float(np.median([run[client]["gap_ms"] for run in runs])),
+                       **{k: {q: float(np.median([run[client][k][q] for run in runs])) for q in ("p50", "p99")}
                           for k in ("http_ms", "inference_ms", "added_ms")}}
     return out
 
