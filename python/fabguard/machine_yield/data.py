@@ -227,12 +227,25 @@ def _is_authors(columns) -> bool:
 
 
 def _from_authors(frame: pd.DataFrame, name: str, in_progress: bool) -> ProductionData:
-    """The authors' wide rows as long rows (one for one), validated with the file's column names."""
+    """The authors' wide rows as long rows (one for one), validated with the file's column names.
+
+    A step number is only a name: each row reads the cell of its own step, so memory and time follow
+    the file's size, not the numbers in its header (``Process999999999999_MachineNo`` costs one
+    column). A step without its column (``Process001`` and ``Process005`` only) has no machine id.
+    """
     import pandas as pd
 
     columns = {str(c): c for c in frame.columns}
     missing = [c for c in AUTHORS if c not in columns]
-    process = {int(m.group(1)): columns[c] for c in columns if (m := _PROCESS.match(c))}
+    process = {}
+    for c, column in columns.items():
+        if m := _PROCESS.match(c):
+            number = int(m.group(1))
+            if number < 1:
+                raise InputError(f"{name}: column {c}: step {number} is not a step position (steps count from 1)")
+            if number in process:
+                raise InputError(f"{name}: column {c}: step {number} already has column {process[number]}")
+            process[number] = column
     if missing or not process:
         raise InputError(f"{name}: the authors' format needs columns {list(AUTHORS)} and Process001_MachineNo, "
                          f"...; missing {missing or ['Process001_MachineNo']}")
@@ -245,9 +258,6 @@ def _from_authors(frame: pd.DataFrame, name: str, in_progress: bool) -> Producti
         if len(nulls):
             raise where.fail(int(nulls[0]), None, f"column {column!r}: missing value")
     final = _integers(frame, "Final", where)
-    cells = np.full((len(frame), max(process) + 1), None, dtype=object)
-    for number, column in process.items():
-        cells[:, number] = frame[column].to_numpy(dtype=object)
     # the last step's position: the lot's row count (steps run 1..J; a gap is refused below)
     rows_in_lot = frame.groupby("Lot", sort=False, dropna=False)["Lot"].transform("size").to_numpy()
     step = np.where(final == -1, rows_in_lot, final)
@@ -255,7 +265,11 @@ def _from_authors(frame: pd.DataFrame, name: str, in_progress: bool) -> Producti
     if len(bad):
         r = int(bad[0])
         raise where.fail(r, "step", f"{final[r]} is not a step position in 1..{max(process)} or -1 (the last step)")
-    machine = pd.Series(cells[np.arange(len(frame)), step])
+    machine = np.full(len(frame), None, dtype=object)
+    for number, column in process.items():
+        at = step == number
+        machine[at] = frame[column].to_numpy(dtype=object)[at]
+    machine = pd.Series(machine)
     machine = machine.where(machine.notna() & (machine.astype(str).str.strip() != ""), NO_MACHINE).to_numpy()
     long = pd.DataFrame({"batch": frame["Lot"].to_numpy(), "step": step, "machine": machine,
                          "pieces_in": frame["CurrentTotalNum"].to_numpy(), "defects": frame["BadNum"].to_numpy()})
