@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 
@@ -88,6 +89,21 @@ def test_decompression_bomb_refused_from_its_header(client):
                        content=out.getvalue()).status_code == 200
 
 
+def test_many_page_tiff_refused_without_walking_its_pages(client, monkeypatch):
+    """A TIFF of many tiny pages is refused (415) after reading at most its first two pages: counting them
+    walks the whole chain, seconds of CPU for a crafted file of 150,000 pages."""
+    out = io.BytesIO()
+    with tifffile.TiffWriter(out) as writer:
+        for _ in range(200):
+            writer.write(np.zeros((2, 2), np.uint8), contiguous=False)
+    read = []
+    original = tifffile.TiffPage.__init__
+    monkeypatch.setattr(tifffile.TiffPage, "__init__", lambda self, *a, **k: read.append(1) or original(self, *a, **k))
+    refused(client.post(INSPECT, params={"wafer_id": "WF-1", "inspection_point": 1}, content=out.getvalue(),
+                        headers={"content-type": "image/tiff"}), 415, "multi-page TIFF")
+    assert 1 <= len(read) <= 2
+
+
 def test_body_over_the_limit_is_413(settings, wafer_images):
     from fastapi.testclient import TestClient
 
@@ -103,6 +119,14 @@ def test_body_over_the_limit_is_413(settings, wafer_images):
                 yield b"\x00" * 1024
         refused(client.post(INSPECT, params={"wafer_id": "WF-1", "inspection_point": 1}, content=chunks()),
                 413, "limit")
+        # every body: JSON and tables too, with or without a Content-Length, before the route reads them
+        records = json.dumps({"records": [{"product": f"P{i}", "basic": 0.5} for i in range(200)]}).encode()
+        for path, body, kind in (("/api/v1/route", records, "application/json"),
+                                 ("/api/v1/experiments", records, "application/json"),
+                                 ("/api/v1/yield/jobs", b"batch,step,machine,pieces_in,defects\n" * 100, "text/csv")):
+            refused(client.post(path, content=body, headers={"content-type": kind}), 413, "limit is 2048")
+            refused(client.post(path, content=iter([body]), headers={"content-type": kind}), 413,
+                    "over the limit of 2048 bytes")
 
 
 @pytest.mark.parametrize("headers, words", [({}, "bearer token is required"),

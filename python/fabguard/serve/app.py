@@ -20,6 +20,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fabguard.errors import InputError, ModelFileError
@@ -31,6 +32,7 @@ from fabguard.serve.images import TooManyPixels, UnsupportedImage
 from fabguard.serve.metrics import Metrics
 from fabguard.serve.registry import Conflict, NotFound, Registry
 
+MAX_ARTIFACT = 2 * 2**30  # the body of a model registration: the ONNX file, its report, the form around them
 log = logging.getLogger("fabguard.serve")
 STATUS = ((NotFound, 404), (Conflict, 409), (UnsupportedImage, 415), (TooManyPixels, 413), (ModelFileError, 422),
           (InputError, 422))
@@ -178,6 +180,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(review.router)  # the page (/review) and its API (/api/v1/review/...)
     _errors(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, larger={("POST", "/api/v1/models"): MAX_ARTIFACT})
     app.add_middleware(Measure)
     return app
 
@@ -238,6 +241,34 @@ class Measure:
             service.metrics.in_flight.dec()
             service.metrics.request.labels(scope["method"], template(scope), str(status[0])).observe(
                 time.perf_counter() - start)
+
+
+class BodyLimit:
+    """ASGI middleware: every request body, JSON and forms too, at most ``limit`` bytes (``larger``: the
+    routes that take more, by method and path). Over it: 413 from the declared Content-Length before
+    anything is read, or as soon as the body streams past it; never buffered whole first. (Starlette's own
+    limiter answers in plain text, and FastAPI reads a form before the token is checked.)"""
+
+    def __init__(self, app, limit: int, larger: dict[tuple[str, str], int]):
+        self.app, self.limit, self.larger = app, limit, larger
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.larger.get((scope["method"], scope["path"]), self.limit)
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return await _problem(413, f"request body of {declared} bytes; the limit is {limit}")(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:  # raised where the body is read; the app's handler answers
+                raise StarletteHTTPException(413, f"request body over the limit of {limit} bytes")
+            return message
+        await self.app(scope, limited, send)
 
 
 def template(scope) -> str:

@@ -47,26 +47,12 @@ async def inspect_token(settings: Annotated[Settings, Depends(get_settings)],
         _check_token(credentials, settings)
 
 
-async def limited_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes (not read whole first)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"request body of {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"request body over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def image_body(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> bytes:
     """The raw PNG / TIFF bytes of an inspection request."""
     kind = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
     if kind not in IMAGE_TYPES:
         raise HTTPException(415, f"content type {kind!r}: send the raw image as one of {', '.join(IMAGE_TYPES)}")
-    body = await limited_body(request, settings.max_body_bytes)
+    body = await request.body()  # at most max_body_bytes (app.BodyLimit)
     if not body:
         raise HTTPException(422, "empty body: send the raw PNG or TIFF bytes")
     return body

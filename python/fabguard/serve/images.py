@@ -25,13 +25,18 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def header_pixels(data: bytes) -> int:
-    """Width x height (x pages) that the image header declares, read without decoding pixel data."""
+    """Width x height (x samples) that the image header declares, read without decoding pixel data; a
+    TIFF of more than one page is refused here, before its pages are walked."""
     if data[:4] in TIFF_MAGIC:
         import tifffile
 
+        from fabguard.anomaly.images import tiff_page
+
         try:
             with tifffile.TiffFile(io.BytesIO(data)) as tiff:
-                return sum(int(np.prod(page.shape)) for page in tiff.pages)
+                return int(np.prod(tiff_page(tiff, "image").shape))
+        except InputError as exc:
+            raise UnsupportedImage(str(exc)) from None
         except Exception as exc:  # tifffile raises many types for damaged files
             raise UnsupportedImage(f"image: cannot read the TIFF header ({exc})") from None
     if data[:8] != PNG_MAGIC:

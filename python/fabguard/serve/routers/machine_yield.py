@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from fabguard.params import MAX_SEED
 from fabguard.serve import db
 from fabguard.serve.app import Service
-from fabguard.serve.dependencies import get_service, inspect_token, limited_body
+from fabguard.serve.dependencies import get_service, inspect_token
 from fabguard.serve.schemas import Problem
 
 router = APIRouter(prefix="/yield", tags=["yield"], dependencies=[Depends(inspect_token)],
@@ -55,7 +55,7 @@ async def submit(request: Request, service: Annotated[Service, Depends(get_servi
     """Production records as CSV or Parquet (the formats of ``fabguard yield detect``) -> a job id; poll
     ``GET /yield/jobs/{id}`` for the report."""
     kind = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
-    body = await limited_body(request, service.settings.max_body_bytes)
+    body = await request.body()
     suffix = ".parquet" if body[:4] == b"PAR1" else TABLE_TYPES.get(kind, ".csv")
     if kind not in (*TABLE_TYPES, "application/octet-stream"):
         raise HTTPException(415, f"content type {kind!r}: send CSV (text/csv) or Parquet "
