@@ -159,3 +159,75 @@ def test_models_cli(tmp_path, second_model, capsys):
     assert listing[0].startswith("* pca-small-v0.1.0") and listing[1].startswith("  pca-small-v0.2.0")
     with pytest.raises(SystemExit):
         main(["models", "promote"])
+
+
+def _rewired(artifact, folder, node) -> str:
+    """A copy of ``artifact`` whose ``score`` output goes through ``node`` (given the original score's new
+    name, returns the ONNX node making ``score``): metadata, inputs and output names as a valid model's."""
+    import onnx
+
+    model = onnx.load(str(artifact))
+    graph = model.graph
+    for n in graph.node:
+        n.output[:] = ["score_raw" if o == "score" else o for o in n.output]
+    graph.node.extend(node("score_raw"))
+    [out] = [o for o in graph.output if o.name == "score"]
+    out.type.tensor_type.ClearField("shape")
+    path = folder / f"{len(list(folder.iterdir()))}.onnx"
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_a_graph_that_cannot_serve_is_refused_at_registration(app_client, second_model, tmp_path):
+    """A graph that fails when it runs, or whose outputs do not fit the service (here a score per image
+    of shape [1] instead of a number), is refused with 422 before it can be promoted, and leaves no file."""
+    import onnx
+    from onnx import helper
+
+    client, app = app_client
+    artifact, report = second_model
+    shape = helper.make_tensor("shape", onnx.TensorProto.INT64, [3], [-1, 7, 7])
+    failing = _rewired(artifact, tmp_path, lambda raw: [
+        helper.make_node("Constant", [], ["shape"], value=shape), helper.make_node("Reshape", [raw, "shape"], ["score"])])
+    axes = helper.make_tensor("axes", onnx.TensorProto.INT64, [1], [1])
+    wrong_shape = _rewired(artifact, tmp_path, lambda raw: [
+        helper.make_node("Constant", [], ["axes"], value=axes), helper.make_node("Unsqueeze", [raw, "axes"], ["score"])])
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for path, version, expected in ((failing, "broken-v1.0.0", "warm-up run failed"),
+                                    (wrong_shape, "broken-v1.0.1", "score [2, 1]")):
+        with open(path, "rb") as f:
+            response = client.post("/api/v1/models", headers=auth, data={"version": version, "report": json.dumps(report)},
+                                   files={"artifact": ("m.onnx", f, "application/octet-stream")})
+        assert response.status_code == 422, response.text
+        assert expected in response.json()["detail"], response.json()
+        assert not (app.state.service.settings.home / "models" / f"{version}.onnx").exists()
+        assert client.post(f"/api/v1/models/{version}/promote", headers=auth).status_code == 404
+    assert client.get("/readyz").json()["model_version"] == DEFAULT
+
+
+@pytest.mark.parametrize("report, expected", [
+    ('{"auroc": 1' + "0" * 400 + ', "auprc": 0.99, "fnr_at_fpr5": 0, "latency_ms_p50": 1}', "auroc missing or not a finite"),
+    ('{"auroc": ' + "1" * 5000 + "}", "report: not JSON (Exceeds the limit"),
+    ("[" * 100_000 + "]" * 100_000, "report: not JSON"),
+])
+def test_crafted_report_numbers_are_refused(client, second_model, report, expected):
+    """An integer too large for a float, one past Python's digit limit, and JSON nested deeper than the
+    parser's recursion: 422, not a 500."""
+    artifact, _ = second_model
+    with open(artifact, "rb") as f:
+        response = client.post("/api/v1/models", headers={"Authorization": f"Bearer {TOKEN}"},
+                               data={"version": "crafted-v1.0.0", "report": report},
+                               files={"artifact": ("m.onnx", f, "application/octet-stream")})
+    assert response.status_code == 422, response.text
+    assert expected in response.json()["detail"]
+
+
+def test_refusals_name_the_artifact_field_not_a_server_path(client):
+    """The registry's message about an uploaded file names the form field, not the server's temporary copy."""
+    response = client.post("/api/v1/models", headers={"Authorization": f"Bearer {TOKEN}"},
+                           data={"version": "junk-v1.0.0", "report": json.dumps({"auroc": 1, "auprc": 1,
+                                                                                  "fnr_at_fpr5": 0, "latency_ms_p50": 1})},
+                           files={"artifact": ("m.onnx", b"not an onnx file", "application/octet-stream")})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail.startswith("artifact") and "upload.onnx" not in detail and "/" not in detail.split(":")[0], detail

@@ -13,6 +13,7 @@ versions stay loaded (LRU), so a rollback to any of them swaps one reference: no
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from fabguard.errors import InputError
+from fabguard.errors import InputError, ModelFileError
 from fabguard.serve import db
 from fabguard.serve.config import Settings
 
@@ -52,12 +53,21 @@ def check_report(report) -> dict:
     """The evaluation report with the gate's keys present and finite."""
     if not isinstance(report, dict):
         raise InputError("evaluation report must be a JSON object")
-    bad = [k for k in REPORT_KEYS if isinstance(report.get(k), bool) or not isinstance(report.get(k), (int, float))
-           or not np.isfinite(report[k])]
+    bad = [k for k in REPORT_KEYS if not _finite_number(report.get(k))]
     if bad:
         raise InputError(f"evaluation report: {', '.join(bad)} missing or not a finite number "
                          f"(needs {', '.join(REPORT_KEYS)})")
     return report
+
+
+def _finite_number(value) -> bool:
+    """A JSON number that is a finite float (an integer too large for a float is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def gate_failures(report: dict, settings: Settings) -> list[str]:
@@ -220,13 +230,26 @@ class Registry:
             tmp.write_bytes(data)
 
     def _open(self, version: str, path: Path) -> Loaded:
-        from fabguard.anomaly.runtime import Inspector
+        from fabguard.anomaly.runtime import LATENT, Inspector
 
         inspector = Inspector(path, providers=["CPUExecutionProvider"], max_batch=self.settings.max_batch,
                               threads=self.settings.threads)
-        size = inspector.input_size
-        inspector.run(inspector.session, np.zeros((1, 3, size, size), np.float32), 1)  # warm-up
-        return Loaded(version, inspector, tuple(o.name for o in inspector.session.get_outputs()))
+        names = tuple(o.name for o in inspector.session.get_outputs())
+        size, n = inspector.input_size, min(2, self.settings.max_batch)
+        try:  # the warm-up run, which also shows that the graph serves: it runs, and its outputs fit
+            outputs = dict(zip(names, inspector.run(inspector.session, np.zeros((n, 3, size, size), np.float32), n)))
+        except Exception as exc:  # noqa: BLE001  (ONNX Runtime raises its own types for a graph failing at run time)
+            raise ModelFileError(f"model {version}: its warm-up run failed "
+                                 f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
+                                 ) from None
+        shapes = {k: v.shape for k, v in outputs.items()}
+        if shapes["score"] != (n,) or shapes["heatmap"] != (n, size, size) or \
+                (LATENT in shapes and (len(shapes[LATENT]) != 2 or shapes[LATENT][0] != n)):
+            raise ModelFileError(f"model {version}: for {n} images of {size} x {size} its graph gives "
+                                 + ", ".join(f"{k} {list(v)}" for k, v in shapes.items())
+                                 + f"; the service needs score [{n}], heatmap [{n}, {size}, {size}]"
+                                 + (f" and {LATENT} [{n}, dim]" if LATENT in shapes else ""))
+        return Loaded(version, inspector, names)
 
     def loaded_versions(self) -> list[str]:
         with self._lock:

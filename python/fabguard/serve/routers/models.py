@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from fabguard.errors import InputError
 from fabguard.serve.app import Service
 from fabguard.serve.dependencies import get_service, require_token
 from fabguard.serve.registry import VERSION
@@ -19,7 +20,6 @@ router = APIRouter(prefix="/models", tags=["models"],
                    responses={401: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem},
                               422: {"model": Problem}})
 VERSION_PARAM = Path(pattern=VERSION.pattern, description="<name>-v<major>.<minor>.<patch>")
-MAX_ARTIFACT = 2 * 2**30
 
 
 @router.get("", response_model=list[ModelRecord])
@@ -28,7 +28,8 @@ async def list_models(service: Annotated[Service, Depends(get_service)]) -> list
     return [ModelRecord(**m) for m in await run_in_threadpool(service.registry.list)]
 
 
-@router.post("", response_model=ModelRecord, status_code=201, dependencies=[Depends(require_token)])
+@router.post("", response_model=ModelRecord, status_code=201, dependencies=[Depends(require_token)],
+             responses={413: {"model": Problem}})
 async def register(service: Annotated[Service, Depends(get_service)],
                    version: Annotated[str, Form(pattern=VERSION.pattern)],
                    report: Annotated[str, Form(description="the evaluation report, a JSON object")],
@@ -36,16 +37,17 @@ async def register(service: Annotated[Service, Depends(get_service)],
     """Register an exported ONNX artifact with its evaluation report (AUROC, AUPRC, FNR@FPR5%, latency)."""
     try:
         parsed = json.loads(report)
-    except json.JSONDecodeError as exc:
-        raise HTTPException(422, f"report: not JSON ({exc})") from None
-    if artifact.size is not None and artifact.size > MAX_ARTIFACT:
-        raise HTTPException(413, f"artifact of {artifact.size} bytes; the limit is {MAX_ARTIFACT}")
+    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an integer of over 4300 digits
+        raise HTTPException(422, f"report: not JSON ({str(exc) or 'nested too deeply'})") from None
     with tempfile.TemporaryDirectory(dir=service.settings.home) as folder:
         path = FilePath(folder) / "upload.onnx"
         with open(path, "wb") as out:
             while chunk := await artifact.read(1 << 20):
                 out.write(chunk)
-        record = await run_in_threadpool(service.registry.register, path, version, parsed)
+        try:
+            record = await run_in_threadpool(service.registry.register, path, version, parsed)
+        except InputError as exc:  # named as the client knows it: the form field, not the server's temporary file
+            raise type(exc)(str(exc).replace(str(path), "artifact")) from None
     return ModelRecord(**record)
 
 
