@@ -4,6 +4,7 @@ and the ``fabguard models shadow | canary | compare | stop`` commands."""
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -134,6 +135,14 @@ def test_experiment_refusals(app_client, api, second_model):
     assert client.get("/api/v1/experiments/0").status_code == 422
     kinds = [e["kind"] for e in client.get("/api/v1/events").json()]
     assert kinds[:2] == ["shadow_ended", "shadow_started"]
+    # since with a UTC offset means that instant (SQLite keeps UTC times); off the calendar in UTC: 422
+    hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    for zone in (timezone(timedelta(hours=2)), timezone(timedelta(hours=-5))):
+        assert len(client.get("/api/v1/events", params={"since": hour_ago.astimezone(zone).isoformat()}).json()) >= 2
+        assert client.get("/api/v1/events", params={
+            "since": (hour_ago + timedelta(hours=2)).astimezone(zone).isoformat()}).json() == []
+    r = client.get("/api/v1/events", params={"since": "0001-01-01T00:00:00+14:00"})
+    assert r.status_code == 422 and "since" in r.json()["detail"]
 
 
 def test_promoting_the_candidate_ends_its_experiment(app_client, api, second_model):

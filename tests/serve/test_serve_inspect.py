@@ -127,6 +127,11 @@ def test_history_filters(api, wafer_images):
     assert len(api.inspections(limit=3)) == 3
     assert len(api.inspections(since=start.isoformat())) == len(images)
     assert api.inspections(since=(start + timedelta(hours=1)).isoformat()) == []
+    # the same instants written with other UTC offsets select the same inspections (SQLite keeps UTC times)
+    for hours in (2, -5):
+        zone = timezone(timedelta(hours=hours))
+        assert len(api.inspections(since=start.astimezone(zone).isoformat())) == len(images)
+        assert api.inspections(since=(start + timedelta(hours=1)).astimezone(zone).isoformat()) == []
     newest = api.inspections(limit=1)[0]
     assert newest["inspection_point"] == len(images) - 1
     assert api.inspection(newest["inspection_id"]) == newest

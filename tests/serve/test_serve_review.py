@@ -441,3 +441,81 @@ def test_label_error_from_agreement_and_the_correction_it_makes():
     assert fixed.value == 0.0
     with pytest.raises(ValueError, match="label error"):
         review.rates(cells, errors=(0.0, 0.5, 0.0))
+
+
+# --- concurrent labels -----------------------------------------------------------------------------------
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def served(request, settings):
+    """(base URL, engine) of a live server (uvicorn, real HTTP) on a SQLite file or on PostgreSQL."""
+    from tests.serve.conftest import run_server
+
+    if request.param == "postgresql":
+        settings.db = request.getfixturevalue("postgres_url")
+    url, stop = run_server(settings)
+    engine = db.create_engine(settings.db_url)
+    yield url, engine
+    engine.dispose()
+    stop()
+
+
+def test_concurrent_labels_never_exceed_labels_wanted(served):
+    """Eight inspectors label the same item at once: exactly ``labels_wanted`` of them get 201, the rest 409,
+    and the log holds exactly that many labels (the count is checked and the label inserted atomically)."""
+    import threading
+
+    import httpx
+
+    url, engine = served
+    items = [row("REVIEW") for _ in range(6)]
+    wanted = {r["id"]: 1 + k % 2 for k, r in enumerate(items)}
+    insert(engine, items, {iid: ("review", w) for iid, w in wanted.items()})
+    threads = 8
+
+    def post(iid, k, start, answers):
+        with httpx.Client(base_url=url, headers=AUTH, timeout=30) as http:
+            http.get("/healthz")  # connected before the barrier: the posts leave together
+            start.wait()
+            answers[k] = http.post(f"/api/v1/review/items/{iid}/labels",
+                                   json={"inspector": f"insp{k}", "label": "normal"})
+    for iid, want in wanted.items():
+        start, answers = threading.Barrier(threads), [None] * threads
+        workers = [threading.Thread(target=post, args=(iid, k, start, answers)) for k in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        codes = sorted(a.status_code for a in answers)
+        assert codes == [201] * want + [409] * (threads - want), (iid, [a.text for a in answers])
+        assert all("already has the" in a.json()["detail"] for a in answers if a.status_code == 409)
+        assert sorted(a.json()["labels"] for a in answers if a.status_code == 201) == list(range(1, want + 1))
+        with engine.connect() as c:
+            stored = c.execute(sa.select(sa.func.count()).select_from(db.reviews)
+                               .where(db.reviews.c.inspection_id == iid)).scalar_one()
+        assert stored == want, iid
+
+
+def test_figures_at_the_calendars_edge_answer_422_naming_the_parameter(served):
+    """Times that UTC (or the default 24 h window, or the 30 days the label error is measured over) takes off
+    the calendar are refused with a 422 naming the parameter, never a 500; windows at its edge are answered."""
+    import httpx
+
+    url, _ = served
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for query, name in (("until=0001-01-01", "until"), ("since=0001-01-01T00:00:00%2B14:00", "since"),
+                            ("since=9999-12-31T23:59:59-12:00", "since"),
+                            ("until=9999-12-31T23:59:59-12:00", "until"),
+                            ("until=0001-01-01T10:00:00%2B14:00", "until"),
+                            ("since=9999-12-31T00:00:00Z", "until")):  # until (now) must be after since
+            answer = http.get(f"/api/v1/review/figures?{query}")
+            assert answer.status_code == 422 and name in answer.json()["detail"], (query, answer.text)
+        for query, since, until in (  # the 24 h and 30 days before start at the calendar's first day at most
+                ("until=0001-01-15T00:00:00Z", "0001-01-14T00:00:00Z", "0001-01-15T00:00:00Z"),
+                ("until=0001-01-01T12:00:00Z", "0001-01-01T00:00:00Z", "0001-01-01T12:00:00Z"),
+                ("since=0001-01-01T00:00:00Z&until=0001-01-01T01:00:00Z", "0001-01-01T00:00:00Z",
+                 "0001-01-01T01:00:00Z"),
+                ("since=9999-12-30T00:00:00%2B14:00&until=9999-12-31T23:59:59.999999Z", "9999-12-29T10:00:00Z",
+                 "9999-12-31T23:59:59.999999Z")):
+            answer = http.get(f"/api/v1/review/figures?{query}")
+            assert answer.status_code == 200, (query, answer.text)
+            assert (answer.json()["since"], answer.json()["until"], answer.json()["inspections"]) == (since, until, 0)

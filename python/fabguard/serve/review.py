@@ -78,11 +78,18 @@ def record_label(connection: sa.Connection, inspection_id: str, inspector: str, 
     Refused: an unknown inspection (NotFound, 404); one not in the queue (Conflict, 409: a label outside the
     sample has no known inclusion probability and would bias every estimate); an item that already has the
     labels it wants, or a second label by the same inspector (Conflict, 409); a label other than normal /
-    defective, or a defect type on a normal label (InputError, 422)."""
+    defective, or a defect type on a normal label (InputError, 422). Race-free: concurrent labels of an item
+    wait for each other (the item's lock below), and the same inspector's twice is refused by the unique
+    constraint on (inspection_id, inspector) should it slip past the check."""
     if label not in LABELS:
         raise InputError(f"label {label!r}: one of {', '.join(LABELS)}")
     if defect_type is not None and label != "defective":
         raise InputError("defect_type is only given with the label 'defective'")
+    # first, before any read: this (no-op) UPDATE takes the item's row lock on PostgreSQL and the database's
+    # write lock on SQLite until the caller's transaction ends, so concurrent labels of the item are counted
+    # and inserted one at a time and never exceed labels_wanted (a SELECT ... FOR UPDATE is ignored by SQLite)
+    q = db.review_items
+    connection.execute(q.update().where(q.c.inspection_id == inspection_id).values(labels_wanted=q.c.labels_wanted))
     item = connection.execute(sa.select(db.review_items).where(
         db.review_items.c.inspection_id == inspection_id)).mappings().first()
     if item is None:
@@ -265,9 +272,32 @@ class Estimate:
         return asdict(self)
 
 
-def utc(t: datetime) -> datetime:
-    """``t`` in UTC; a naive time (SQLite gives them back so) is taken as UTC."""
-    return t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc)
+EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def utc(t: datetime, name: str = "time") -> datetime:
+    """``t`` in UTC; a naive time (SQLite gives them back so) is taken as UTC. InputError naming ``name``
+    where UTC takes it off the calendar (e.g. 0001-01-01T00:00+14:00, 9999-12-31T23:59-12:00)."""
+    try:
+        return t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    except OverflowError:
+        raise InputError(f"{name} {t.isoformat()}: outside years 1-9999 in UTC") from None
+
+
+def before(t: datetime, span: timedelta) -> datetime:
+    """``span`` before the UTC time ``t``, from the calendar's first day at most (no inspection is older)."""
+    return t - span if t - EARLIEST >= span else EARLIEST
+
+
+def window(since: datetime | None, until: datetime | None, span: timedelta = timedelta(days=1)
+           ) -> tuple[datetime, datetime]:
+    """[since, until) of a request in UTC: ``until`` is now when None, ``since`` ``span`` before ``until`` when
+    None. InputError naming the parameter for a time off the calendar in UTC or an empty window."""
+    until = datetime.now(timezone.utc) if until is None else utc(until, "until")
+    since = before(until, span) if since is None else utc(since, "since")
+    if until <= since:
+        raise InputError(f"window: until ({until.isoformat()}) must be after since ({since.isoformat()})")
+    return since, until
 
 
 def _population(version: str | None, arm: str | None, since: datetime, until: datetime):
@@ -327,14 +357,12 @@ def estimate(connection: sa.Connection, version: str | None, since: datetime, un
     decisions (the logged decisions of all versions when None; a candidate's shadow decisions count as its
     own), optionally of one ``arm`` (production / canary). Labels given later update a past window's
     figures. ``draws`` posterior draws with ``seed`` make the interval (reproducible)."""
-    until = datetime.now(timezone.utc) if until is None else until
+    since, until = window(since, until)
     if not 0 < level < 1:
         raise InputError(f"level {level}: between 0 and 1")
-    if utc(until) <= utc(since):
-        raise InputError(f"window: until ({until.isoformat()}) must be after since ({since.isoformat()})")
     cells = cells_of(connection, version, since, until, arm)
     # inspectors err on images, not on models: their error comes from the last LABEL_ERROR_DAYS of all versions
-    measured, agreed = agreement(connection, None, utc(until) - timedelta(days=LABEL_ERROR_DAYS), until)
+    measured, agreed = agreement(connection, None, before(until, timedelta(days=LABEL_ERROR_DAYS)), until)
     error = label_error(measured, agreed, prior=prior_error)
     found = rates(cells, level, draws, seed, (0.0, error, 0.0))
     items, agree = agreement(connection, version, since, until, arm)
@@ -357,7 +385,7 @@ def estimate(connection: sa.Connection, version: str | None, since: datetime, un
                          "defective": float(cells.defective[a, b])}
             for a, h in enumerate(DECISIONS) for b, d in enumerate(DECISIONS) if cells.size[a, b]}
     return Estimate(
-        utc(since), utc(until), version, arm, int(cells.size.sum()), int(cells.labelled.sum()),
+        since, until, version, arm, int(cells.size.sum()), int(cells.labelled.sum()),
         *(getattr(found[k], f) for k in ("fnr", "fpr", "override") for f in ("value", "low", "high")),
         agree / items if items else None, ci and ci.low, ci and ci.high, items, level, grid, notes,
         review_label_error=error)

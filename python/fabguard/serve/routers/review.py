@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path as FilePath
 from typing import Annotated
 
@@ -124,8 +124,7 @@ async def figures(service: Annotated[Service, Depends(get_service)],
     """The case study's daily figures over inspections made in [since, until): miss rate from audited PASS
     images, false-alarm rate and REJECT override rate from audited REJECTs, with 95% intervals, and inspector
     agreement on double-labelled REVIEW images (docs/review.md)."""
-    until = until or datetime.now(timezone.utc)
-    since = since or until - timedelta(days=1)
+    since, until = review.window(since, until)  # 422 naming the parameter, e.g. until=0001-01-01
 
     def read():
         with service.engine.connect() as c:
