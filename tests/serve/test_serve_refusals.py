@@ -185,3 +185,18 @@ def test_database_outage_is_503_and_recovers(app_client, api, wafer_images):
     finally:
         service.engine = working
     assert api.inspect(wafer_images[0][0], "WF-1", 1)["decision"] == "PASS"
+
+
+def test_registration_checks_the_token_before_reading_the_upload(live_server):
+    """Without the token, a model upload is refused as soon as its headers arrive: the server does not take
+    in the body first (it may be 2 GiB). Sent by hand: headers declaring 100 MB, then a few bytes."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(live_server)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as connection:
+        connection.sendall(b"POST /api/v1/models HTTP/1.1\r\nHost: fabguard\r\nContent-Length: 100000000\r\n"
+                           b"Content-Type: multipart/form-data; boundary=XX\r\n\r\n--XX\r\n")
+        answer = connection.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert b"bearer token is required" in answer

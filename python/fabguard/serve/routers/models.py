@@ -7,8 +7,9 @@ import tempfile
 from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, UploadFile
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from fabguard.errors import InputError
 from fabguard.serve.app import Service
@@ -28,24 +29,39 @@ async def list_models(service: Annotated[Service, Depends(get_service)]) -> list
     return [ModelRecord(**m) for m in await run_in_threadpool(service.registry.list)]
 
 
+FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["version", "report", "artifact"], "properties": {
+        "version": {"type": "string", "pattern": VERSION.pattern, "description": "<name>-v<major>.<minor>.<patch>"},
+        "report": {"type": "string", "description": "the evaluation report, a JSON object"},
+        "artifact": {"type": "string", "format": "binary", "description": "the exported ONNX artifact"}}}}}}}
+
+
 @router.post("", response_model=ModelRecord, status_code=201, dependencies=[Depends(require_token)],
-             responses={413: {"model": Problem}})
-async def register(service: Annotated[Service, Depends(get_service)],
-                   version: Annotated[str, Form(pattern=VERSION.pattern)],
-                   report: Annotated[str, Form(description="the evaluation report, a JSON object")],
-                   artifact: Annotated[UploadFile, File(description="the exported ONNX artifact")]) -> ModelRecord:
-    """Register an exported ONNX artifact with its evaluation report (AUROC, AUPRC, FNR@FPR5%, latency)."""
-    try:
-        parsed = json.loads(report)
-    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an integer of over 4300 digits
-        raise HTTPException(422, f"report: not JSON ({str(exc) or 'nested too deeply'})") from None
+             openapi_extra=FORM, responses={400: {"model": Problem}, 413: {"model": Problem}})
+async def register(request: Request, service: Annotated[Service, Depends(get_service)]) -> ModelRecord:
+    """Register an exported ONNX artifact with its evaluation report (AUROC, AUPRC, FNR@FPR5%, latency).
+    The form is read here, after the token is checked: declared as form parameters, FastAPI would take in
+    the whole upload (up to 2 GiB) before refusing a client without the token."""
+    async with request.form(max_files=1, max_fields=2) as form:
+        version, report, artifact = (form.get(k) for k in ("version", "report", "artifact"))
+        if not (isinstance(version, str) and isinstance(report, str) and isinstance(artifact, UploadFile)):
+            raise HTTPException(422, "send a multipart form: version and report (text), artifact (the ONNX file)")
+        try:
+            parsed = json.loads(report)
+        except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an integer of over 4300 digits
+            raise HTTPException(422, f"report: not JSON ({str(exc) or 'nested too deeply'})") from None
+        return await _register(service, version, parsed, artifact)
+
+
+async def _register(service: Service, version: str, report: dict, artifact: UploadFile) -> ModelRecord:
+    """The upload copied under the home folder, then registered (on a worker thread: it loads and warms)."""
     with tempfile.TemporaryDirectory(dir=service.settings.home) as folder:
         path = FilePath(folder) / "upload.onnx"
         with open(path, "wb") as out:
             while chunk := await artifact.read(1 << 20):
                 out.write(chunk)
         try:
-            record = await run_in_threadpool(service.registry.register, path, version, parsed)
+            record = await run_in_threadpool(service.registry.register, path, version, report)
         except InputError as exc:  # named as the client knows it: the form field, not the server's temporary file
             raise type(exc)(str(exc).replace(str(path), "artifact")) from None
     return ModelRecord(**record)
