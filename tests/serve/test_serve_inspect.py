@@ -134,6 +134,10 @@ def test_history_filters(api, wafer_images):
         assert api.inspections(since=(start + timedelta(hours=1)).astimezone(zone).isoformat()) == []
     newest = api.inspections(limit=1)[0]
     assert newest["inspection_point"] == len(images) - 1
+    # every time in an answer carries its offset (SQLite gives times back without one)
+    assert datetime.fromisoformat(newest["created_at"].replace("Z", "+00:00")).utcoffset() == timedelta(0)
+    assert all(datetime.fromisoformat(m["registered_at"].replace("Z", "+00:00")).utcoffset() == timedelta(0)
+               for m in api.models())
     assert api.inspection(newest["inspection_id"]) == newest
 
 

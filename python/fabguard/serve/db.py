@@ -8,9 +8,27 @@ file on a thread of its own (:func:`checkpoint`), not inside an inspection's com
 
 from __future__ import annotations
 
+from datetime import timezone
 from pathlib import Path
 
 import sqlalchemy as sa
+
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """A time in the log, always the UTC instant: an aware time is stored converted to UTC (SQLite keeps
+    no offset and would store its wall time, so ``since=...+02:00`` compared two hours off), and a time read
+    back without an offset (SQLite's) is marked UTC, so every answer carries its offset."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return value.astimezone(timezone.utc) if value is not None and value.tzinfo is not None else value
+
+    def process_result_value(self, value, dialect):
+        return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
 
 metadata = sa.MetaData()
 
@@ -21,7 +39,7 @@ models = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("report", sa.JSON, nullable=False),
     sa.Column("metadata", sa.JSON, nullable=False),
-    sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("registered_at", UTCDateTime(), nullable=False),
 )
 
 artifacts = sa.Table(  # the ONNX bytes themselves, so replicas on other hosts load exactly what was registered
@@ -35,13 +53,13 @@ promotions = sa.Table(  # append-only: the serving version is the newest row; ro
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("version", sa.String(80), sa.ForeignKey("models.version"), nullable=False),
     sa.Column("action", sa.String(16), nullable=False),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
 )
 
 inspections = sa.Table(
     "inspections", metadata,
     sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
     sa.Column("wafer_id", sa.String(64), nullable=False, index=True),
     sa.Column("inspection_point", sa.Integer, nullable=False),
     sa.Column("model_version", sa.String(80), nullable=False),
@@ -63,8 +81,8 @@ experiments = sa.Table(  # a candidate's shadow or canary phase beside the produ
     sa.Column("mode", sa.String(8), nullable=False),  # shadow or canary
     sa.Column("share", sa.Float, nullable=False),  # share of wafers the canary decides (0 for shadow)
     sa.Column("status", sa.String(12), nullable=False),  # running, ended, promoted, rolled_back
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("ended_at", UTCDateTime()),
     sa.Column("note", sa.Text),
 )
 
@@ -82,7 +100,7 @@ review_items = sa.Table(  # the review queue: REVIEW decisions and the audit sam
     sa.Column("inspection_id", sa.String(36), sa.ForeignKey("inspections.id"), primary_key=True),
     sa.Column("reason", sa.String(8), nullable=False),  # review or audit
     sa.Column("labels_wanted", sa.Integer, nullable=False),  # 2 where inspector agreement is measured
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
 )
 
 reviews = sa.Table(  # one inspector's label of one inspection
@@ -92,14 +110,14 @@ reviews = sa.Table(  # one inspector's label of one inspection
     sa.Column("inspector", sa.String(64), nullable=False),
     sa.Column("label", sa.String(10), nullable=False),  # normal or defective
     sa.Column("defect_type", sa.String(64)),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
     sa.UniqueConstraint("inspection_id", "inspector", name="uq_reviews_inspection_inspector"),
 )
 
 events = sa.Table(  # what the on-call engineer reads back: alerts, guardrail rollbacks, experiment changes
     "events", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("at", UTCDateTime(), nullable=False, index=True),
     sa.Column("kind", sa.String(32), nullable=False, index=True),
     sa.Column("version", sa.String(80)),
     sa.Column("detail", sa.JSON, nullable=False),
@@ -108,12 +126,12 @@ events = sa.Table(  # what the on-call engineer reads back: alerts, guardrail ro
 yield_jobs = sa.Table(
     "yield_jobs", metadata,
     sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("status", sa.String(8), nullable=False),  # queued, running, done, failed
     sa.Column("rows", sa.Integer, nullable=False),
     sa.Column("report", sa.JSON),
     sa.Column("error", sa.Text),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", UTCDateTime()),
 )
 
 MIGRATIONS = Path(__file__).with_name("migrations")
