@@ -159,6 +159,7 @@ def test_label_checks_answer_4xx_json(review_app):
          "only given with the label 'defective'"),
         (post(queued["id"], {**good, "defect_type": "dust bunny"}), 422, "one of scratch"),
         (post(queued["id"], {**good, "inspector": "../etc"}), 422, "pattern"),
+        (post(queued["id"], {**good, "inspector": "ann "}), 422, "pattern"),
         (post(queued["id"], {**good, "extra": 1}), 422, "extra"),
     ]
     for answer, status, text in refusals:

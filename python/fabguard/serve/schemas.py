@@ -137,7 +137,7 @@ class StatusReport(BaseModel):
     drift: dict | None = Field(description="the latest drift report's tests (None before the first refresh)")
 
 
-INSPECTOR = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$"
+INSPECTOR = r"^[A-Za-z0-9](?:[A-Za-z0-9 ._-]{0,62}[A-Za-z0-9._-])?$"  # no trailing space: "bob " is not a second bob
 
 
 class ReviewItem(BaseModel):
