@@ -179,8 +179,9 @@ def _rewired(artifact, folder, node) -> str:
 
 
 def test_a_graph_that_cannot_serve_is_refused_at_registration(app_client, second_model, tmp_path):
-    """A graph that fails when it runs, or whose outputs do not fit the service (here a score per image
-    of shape [1] instead of a number), is refused with 422 before it can be promoted, and leaves no file."""
+    """A graph that fails when it runs, whose outputs do not fit the service (here a score per image of
+    shape [1] instead of a number), or that scores a blank image NaN, is refused with 422 before it can be
+    promoted, and leaves no file."""
     import onnx
     from onnx import helper
 
@@ -192,9 +193,13 @@ def test_a_graph_that_cannot_serve_is_refused_at_registration(app_client, second
     axes = helper.make_tensor("axes", onnx.TensorProto.INT64, [1], [1])
     wrong_shape = _rewired(artifact, tmp_path, lambda raw: [
         helper.make_node("Constant", [], ["axes"], value=axes), helper.make_node("Unsqueeze", [raw, "axes"], ["score"])])
+    nan = helper.make_tensor("nan", onnx.TensorProto.FLOAT, [], [float("nan")])
+    not_a_number = _rewired(artifact, tmp_path, lambda raw: [
+        helper.make_node("Constant", [], ["nan"], value=nan), helper.make_node("Mul", [raw, "nan"], ["score"])])
     auth = {"Authorization": f"Bearer {TOKEN}"}
     for path, version, expected in ((failing, "broken-v1.0.0", "warm-up run failed"),
-                                    (wrong_shape, "broken-v1.0.1", "score [2, 1]")):
+                                    (wrong_shape, "broken-v1.0.1", "score [2, 1]"),
+                                    (not_a_number, "broken-v1.0.2", "not a finite number")):
         with open(path, "rb") as f:
             response = client.post("/api/v1/models", headers=auth, data={"version": version, "report": json.dumps(report)},
                                    files={"artifact": ("m.onnx", f, "application/octet-stream")})

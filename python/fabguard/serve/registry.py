@@ -249,6 +249,9 @@ class Registry:
                                  + ", ".join(f"{k} {list(v)}" for k, v in shapes.items())
                                  + f"; the service needs score [{n}], heatmap [{n}, {size}, {size}]"
                                  + (f" and {LATENT} [{n}, dim]" if LATENT in shapes else ""))
+        if not np.isfinite(outputs["score"]).all():  # it could decide no image
+            raise ModelFileError(f"model {version}: its score of a blank image is {outputs['score'].tolist()}, "
+                                 "not a finite number")
         return Loaded(version, inspector, names)
 
     def loaded_versions(self) -> list[str]:
