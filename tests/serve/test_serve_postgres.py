@@ -68,3 +68,31 @@ def test_database_outage_fails_fast_and_recovers(tmp_path, postgres, postgres_ur
             assert exc.status == 503 and time.monotonic() < deadline
             time.sleep(0.2)
     assert len(api.inspections(wafer_id="WF-1")) == 2
+
+
+def test_times_are_utc_instants_whatever_the_database_time_zone(postgres_url):
+    """psycopg gives times in the session's time zone and reads a time without an offset in it: the log's
+    times go in and come out as UTC instants all the same (a database set to Tokyo time here)."""
+    from datetime import datetime, timedelta, timezone
+
+    import sqlalchemy as sa
+
+    from fabguard.serve import db
+
+    name = postgres_url.rsplit("/", 1)[1]
+    engine = db.create_engine(postgres_url)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.execute(sa.text(f"ALTER DATABASE {name} SET timezone TO 'Asia/Tokyo'"))
+    engine.dispose()  # new sessions take the database's setting
+    db.migrate(engine)
+    aware = datetime(2026, 12, 1, 9, 30, tzinfo=timezone(timedelta(hours=2)))
+    with engine.begin() as c:
+        assert c.execute(sa.text("SHOW timezone")).scalar() == "Asia/Tokyo"
+        c.execute(db.events.insert(), [{"at": aware, "kind": "aware", "detail": {}},
+                                       {"at": datetime(2026, 12, 1, 7, 30), "kind": "naive", "detail": {}}])
+        rows = c.execute(sa.select(db.events.c.kind, db.events.c.at)).all()
+        since = c.execute(sa.select(sa.func.count()).where(db.events.c.at >= datetime(2026, 12, 1, 7, 30))).scalar()
+    engine.dispose()
+    assert {kind: at for kind, at in rows} == {"aware": datetime(2026, 12, 1, 7, 30, tzinfo=timezone.utc),
+                                               "naive": datetime(2026, 12, 1, 7, 30, tzinfo=timezone.utc)}
+    assert all(at.utcoffset() == timedelta(0) for _, at in rows) and since == 2

@@ -93,24 +93,27 @@ def test_many_page_tiff_refused_without_walking_its_pages(client, monkeypatch):
     """A TIFF of many tiny pages is refused (415) after reading at most its first two pages: counting them
     walks the whole chain, seconds of CPU for a crafted file of 150,000 pages."""
     out = io.BytesIO()
-    with tifffile.TiffWriter(out) as writer:
-        for _ in range(200):
-            writer.write(np.zeros((2, 2), np.uint8), contiguous=False)
+    with tifffile.TiffWriter(out) as writer:  # the first page tagged LSM and compressed: tifffile's LSM reader
+        for i in range(200):                 # would walk every page on opening the file
+            writer.write(np.zeros((2, 2), np.uint8), contiguous=False, compression="zlib" if i == 0 else None,
+                         extratags=[(34412, "B", 512, b"\0" * 512, True)] if i == 0 else None)
     read = []
-    original = tifffile.TiffPage.__init__
-    monkeypatch.setattr(tifffile.TiffPage, "__init__", lambda self, *a, **k: read.append(1) or original(self, *a, **k))
+    for kind in (tifffile.TiffPage, tifffile.TiffFrame):  # pages, and the frames the LSM reader makes of them
+        monkeypatch.setattr(kind, "__init__", lambda self, *a, _init=kind.__init__, **k: read.append(1) or
+                            _init(self, *a, **k))
     refused(client.post(INSPECT, params={"wafer_id": "WF-1", "inspection_point": 1}, content=out.getvalue(),
                         headers={"content-type": "image/tiff"}), 415, "multi-page TIFF")
     assert 1 <= len(read) <= 2
 
 
-def test_body_over_the_limit_is_413(settings, wafer_images):
+def test_body_over_the_limit_is_413(settings, wafer_images, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from fabguard.serve.app import create_app
+    from fabguard.serve import app
 
     settings.max_body_bytes = 2048
-    with TestClient(create_app(settings)) as client:
+    monkeypatch.setattr(app, "MAX_ARTIFACT", 4096)  # a model registration's own limit, made small
+    with TestClient(app.create_app(settings)) as client:
         refused(client.post(INSPECT, params={"wafer_id": "WF-1", "inspection_point": 1},
                             content=b"\x89PNG" + b"\x00" * 4096), 413, "limit")
 
@@ -127,6 +130,10 @@ def test_body_over_the_limit_is_413(settings, wafer_images):
             refused(client.post(path, content=body, headers={"content-type": kind}), 413, "limit is 2048")
             refused(client.post(path, content=iter([body]), headers={"content-type": kind}), 413,
                     "over the limit of 2048 bytes")
+        form = b'--XX\r\nContent-Disposition: form-data; name="artifact"; filename="m.onnx"\r\n\r\n' + b"\0" * 8192
+        for body in (form, iter([form])):  # a registration, streamed past its own limit too
+            refused(client.post("/api/v1/models", content=body, headers={
+                "content-type": "multipart/form-data; boundary=XX", "Authorization": f"Bearer {TOKEN}"}), 413, "4096")
 
 
 @pytest.mark.parametrize("headers, words", [({}, "bearer token is required"),

@@ -180,8 +180,8 @@ def _rewired(artifact, folder, node) -> str:
 
 def test_a_graph_that_cannot_serve_is_refused_at_registration(app_client, second_model, tmp_path):
     """A graph that fails when it runs, whose outputs do not fit the service (here a score per image of
-    shape [1] instead of a number), or that scores a blank image NaN, is refused with 422 before it can be
-    promoted, and leaves no file."""
+    shape [1] instead of a number), or that scores images NaN, is refused with 422 before it can be promoted,
+    and leaves no file."""
     import onnx
     from onnx import helper
 
@@ -199,7 +199,7 @@ def test_a_graph_that_cannot_serve_is_refused_at_registration(app_client, second
     auth = {"Authorization": f"Bearer {TOKEN}"}
     for path, version, expected in ((failing, "broken-v1.0.0", "warm-up run failed"),
                                     (wrong_shape, "broken-v1.0.1", "score [2, 1]"),
-                                    (not_a_number, "broken-v1.0.2", "not a finite number")):
+                                    (not_a_number, "broken-v1.0.2", "not finite numbers")):
         with open(path, "rb") as f:
             response = client.post("/api/v1/models", headers=auth, data={"version": version, "report": json.dumps(report)},
                                    files={"artifact": ("m.onnx", f, "application/octet-stream")})

@@ -72,7 +72,7 @@ def line(app_client):
                 review.record_label(c, iid, inspector, answer, "scratch" if answer == "defective" else None)
         for iid, at in c.execute(sa.select(db.inspections.c.id, db.inspections.c.created_at)).all():
             c.execute(db.inspections.update().where(db.inspections.c.id == iid)
-                      .values(created_at=review.utc(at) - timedelta(minutes=10)))
+                      .values(created_at=db.utc(at) - timedelta(minutes=10)))
     confirmed = len(normal_passes) - UNLABELLED - 1
     held = round(0.2 * confirmed)
     labelled_others = sum(1 for d, y in truth.values() if d != "PASS" or y == 1)

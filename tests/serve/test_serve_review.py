@@ -447,7 +447,7 @@ def test_label_error_from_agreement_and_the_correction_it_makes():
 # --- concurrent labels -----------------------------------------------------------------------------------
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def served(request, settings):
+def on_each_database(request, settings):
     """(base URL, engine) of a live server (uvicorn, real HTTP) on a SQLite file or on PostgreSQL."""
     from tests.serve.conftest import run_server
 
@@ -460,14 +460,14 @@ def served(request, settings):
     stop()
 
 
-def test_concurrent_labels_never_exceed_labels_wanted(served):
+def test_concurrent_labels_never_exceed_labels_wanted(on_each_database):
     """Eight inspectors label the same item at once: exactly ``labels_wanted`` of them get 201, the rest 409,
     and the log holds exactly that many labels (the count is checked and the label inserted atomically)."""
     import threading
 
     import httpx
 
-    url, engine = served
+    url, engine = on_each_database
     items = [row("REVIEW") for _ in range(6)]
     wanted = {r["id"]: 1 + k % 2 for k, r in enumerate(items)}
     insert(engine, items, {iid: ("review", w) for iid, w in wanted.items()})
@@ -496,20 +496,21 @@ def test_concurrent_labels_never_exceed_labels_wanted(served):
         assert stored == want, iid
 
 
-def test_figures_at_the_calendars_edge_answer_422_naming_the_parameter(served):
+def test_figures_at_the_calendars_edge_answer_422_naming_the_parameter(on_each_database):
     """Times that UTC (or the default 24 h window, or the 30 days the label error is measured over) takes off
     the calendar are refused with a 422 naming the parameter, never a 500; windows at its edge are answered."""
     import httpx
 
-    url, _ = served
+    url, _ = on_each_database
     with httpx.Client(base_url=url, timeout=30) as http:
-        for query, name in (("until=0001-01-01", "until"), ("since=0001-01-01T00:00:00%2B14:00", "since"),
-                            ("since=9999-12-31T23:59:59-12:00", "since"),
-                            ("until=9999-12-31T23:59:59-12:00", "until"),
-                            ("until=0001-01-01T10:00:00%2B14:00", "until"),
-                            ("since=9999-12-31T00:00:00Z", "until")):  # until (now) must be after since
+        for query, start in (("until=0001-01-01", "window: until (0001-01-01T00:00:00+00:00)"),  # 24 h before: none
+                             ("since=0001-01-01T00:00:00%2B14:00", "since 0001-01-01T00:00:00+14:00: outside"),
+                             ("since=9999-12-31T23:59:59-12:00", "since 9999-12-31T23:59:59-12:00: outside"),
+                             ("until=9999-12-31T23:59:59-12:00", "until 9999-12-31T23:59:59-12:00: outside"),
+                             ("until=0001-01-01T10:00:00%2B14:00", "until 0001-01-01T10:00:00+14:00: outside"),
+                             ("since=9999-12-31T00:00:00Z", "window: until")):  # until (now) must be after since
             answer = http.get(f"/api/v1/review/figures?{query}")
-            assert answer.status_code == 422 and name in answer.json()["detail"], (query, answer.text)
+            assert answer.status_code == 422 and answer.json()["detail"].startswith(start), (query, answer.text)
         for query, since, until in (  # the 24 h and 30 days before start at the calendar's first day at most
                 ("until=0001-01-15T00:00:00Z", "0001-01-14T00:00:00Z", "0001-01-15T00:00:00Z"),
                 ("until=0001-01-01T12:00:00Z", "0001-01-01T00:00:00Z", "0001-01-01T12:00:00Z"),

@@ -121,26 +121,30 @@ def decode(source: str | os.PathLike | bytes, where: str | None = None) -> np.nd
         raise InputError(f"{where}: cannot decode image ({exc})") from None
 
 
+def open_tiff(data: bytes):
+    """``tifffile.TiffFile`` over ``data``, read lazily: the LSM and NDPI readers, which walk every page when
+    the file is opened, are off (they are microscope formats, no inspection camera's)."""
+    import tifffile
+
+    return tifffile.TiffFile(io.BytesIO(data), is_lsm=False, is_ndpi=False)
+
+
 def tiff_page(tiff, where: str):
-    """The one page of an open ``tifffile.TiffFile``; refused when it has none or more than one. It looks
-    no further than a second page: counting the pages walks the whole chain of them, and a crafted file of
-    150,000 tiny pages took seconds of CPU to count."""
+    """The one page of an :func:`open_tiff` file; refused when it has none or more than one, found without
+    counting the pages: that walks the whole chain of them, and a crafted file of 150,000 tiny pages took
+    seconds of CPU to count."""
     try:
         first = tiff.pages.first
     except IndexError:
         raise InputError(f"{where}: cannot decode TIFF (no image in the file)") from None
-    try:
-        tiff.pages[1]
-    except IndexError:
-        return first
-    raise InputError(f"{where}: multi-page TIFF is not supported (one image per file)")
+    if tiff.pages.is_multipage:
+        raise InputError(f"{where}: multi-page TIFF is not supported (one image per file)")
+    return first
 
 
 def _decode_tiff(data: bytes, where: str) -> np.ndarray:
-    import tifffile
-
     try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+        with open_tiff(data) as tiff:
             return tiff_page(tiff, where).asarray()
     except InputError:
         raise

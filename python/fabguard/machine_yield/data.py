@@ -40,7 +40,8 @@ REQUIRED = ("batch", "step", "machine", "pieces_in", "defects")
 NO_MACHINE = "(no machine id)"
 #: The authors' wide CSV (their 2019 script): one row per (lot, step).
 AUTHORS = ("Lot", "Final", "CurrentTotalNum", "TotalNum", "BadNum")
-_PROCESS = re.compile(r"^Process(\d+)_MachineNo$")
+_PROCESS = re.compile(r"^Process([0-9]+)_MachineNo$")
+MAX_STEP_DIGITS = 18  # a step a 64-bit Final can name
 OPTIONAL = ("inspected",)
 COUNTS = ("step", "pieces_in", "defects")
 MAX_COUNT = 2**53  # counts are summed in float64 by the EM: larger ones would lose pieces
@@ -240,6 +241,9 @@ def _from_authors(frame: pd.DataFrame, name: str, in_progress: bool) -> Producti
     process = {}
     for c, column in columns.items():
         if m := _PROCESS.match(c):
+            if len(m.group(1)) > MAX_STEP_DIGITS:  # also before int(), which refuses over 4300 digits
+                raise InputError(f"{name}: column {c[:40]}...: a step number of {len(m.group(1))} digits (at most "
+                                 f"{MAX_STEP_DIGITS})")
             number = int(m.group(1))
             if number < 1:
                 raise InputError(f"{name}: column {c}: step {number} is not a step position (steps count from 1)")

@@ -180,7 +180,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(review.router)  # the page (/review) and its API (/api/v1/review/...)
     _errors(app)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, larger={("POST", "/api/v1/models"): MAX_ARTIFACT})
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
+                       larger={("POST", "/api/v1/models"): max(MAX_ARTIFACT, settings.max_body_bytes)})
     app.add_middleware(Measure)
     return app
 
@@ -245,9 +246,9 @@ class Measure:
 
 class BodyLimit:
     """ASGI middleware: every request body, JSON and forms too, at most ``limit`` bytes (``larger``: the
-    routes that take more, by method and path). Over it: 413 from the declared Content-Length before
-    anything is read, or as soon as the body streams past it; never buffered whole first. (Starlette's own
-    limiter answers in plain text, and FastAPI reads a form before the token is checked.)"""
+    routes that take more, by method and path below the root path). Over it: 413 from the declared
+    Content-Length before anything is read (and the connection closed, not drained), or as soon as the body
+    streams past it; never buffered whole first. (Starlette's own limiter answers in plain text.)"""
 
     def __init__(self, app, limit: int, larger: dict[tuple[str, str], int]):
         self.app, self.limit, self.larger = app, limit, larger
@@ -255,10 +256,13 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.larger.get((scope["method"], scope["path"]), self.limit)
+        path = scope["path"][len(scope.get("root_path", "")):] if scope["path"].startswith(scope.get("root_path", "")) \
+            else scope["path"]
+        limit = self.larger.get((scope["method"], path), self.limit)
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            return await _problem(413, f"request body of {declared} bytes; the limit is {limit}")(scope, receive, send)
+            return await _problem(413, f"request body of {declared} bytes; the limit is {limit}",
+                                  {"Connection": "close"})(scope, receive, send)
         seen = 0
 
         async def limited():

@@ -8,26 +8,37 @@ file on a thread of its own (:func:`checkpoint`), not inside an inspection's com
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
 
+from fabguard.errors import InputError
+
+
+def utc(t: datetime, name: str = "time") -> datetime:
+    """``t`` in UTC, a time without an offset taken as UTC (the log's times are UTC). InputError naming
+    ``name`` where UTC takes it off the calendar (e.g. 0001-01-01T00:00+14:00, 9999-12-31T23:59-12:00)."""
+    try:
+        return t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    except OverflowError:
+        raise InputError(f"{name} {t.isoformat()}: outside years 1-9999 in UTC") from None
 
 
 class UTCDateTime(sa.TypeDecorator):
-    """A time in the log, always the UTC instant: an aware time is stored converted to UTC (SQLite keeps
-    no offset and would store its wall time, so ``since=...+02:00`` compared two hours off), and a time read
-    back without an offset (SQLite's) is marked UTC, so every answer carries its offset."""
+    """A time in the log, always as its UTC instant, on every database: stored converted to UTC (SQLite keeps
+    no offset and would store the wall time, so ``since=...+02:00`` compared two hours off; a time without an
+    offset is taken as UTC, not as PostgreSQL's session time zone), read back in UTC (SQLite's times carry no
+    offset, psycopg gives the session's)."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value, dialect):
-        return value.astimezone(timezone.utc) if value is not None and value.tzinfo is not None else value
+        return None if value is None else utc(value)
 
     def process_result_value(self, value, dialect):
-        return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+        return None if value is None else utc(value)
 
 
 metadata = sa.MetaData()

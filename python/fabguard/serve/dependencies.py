@@ -1,4 +1,4 @@
-"""Shared dependencies: the service, its settings, the bearer token, the size-limited request body.
+"""Shared dependencies: the service, its settings, the bearer token, an inspection's image body.
 
 All are ``async``: FastAPI runs a plain ``def`` dependency on its thread pool, a thread hop per dependency
 per request for work that never blocks."""

@@ -28,12 +28,10 @@ def header_pixels(data: bytes) -> int:
     """Width x height (x samples) that the image header declares, read without decoding pixel data; a
     TIFF of more than one page is refused here, before its pages are walked."""
     if data[:4] in TIFF_MAGIC:
-        import tifffile
-
-        from fabguard.anomaly.images import tiff_page
+        from fabguard.anomaly.images import open_tiff, tiff_page
 
         try:
-            with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+            with open_tiff(data) as tiff:
                 return int(np.prod(tiff_page(tiff, "image").shape))
         except InputError as exc:
             raise UnsupportedImage(str(exc)) from None

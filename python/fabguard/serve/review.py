@@ -275,15 +275,6 @@ class Estimate:
 EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 
 
-def utc(t: datetime, name: str = "time") -> datetime:
-    """``t`` in UTC; a naive time (SQLite gives them back so) is taken as UTC. InputError naming ``name``
-    where UTC takes it off the calendar (e.g. 0001-01-01T00:00+14:00, 9999-12-31T23:59-12:00)."""
-    try:
-        return t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc)
-    except OverflowError:
-        raise InputError(f"{name} {t.isoformat()}: outside years 1-9999 in UTC") from None
-
-
 def before(t: datetime, span: timedelta) -> datetime:
     """``span`` before the UTC time ``t``, from the calendar's first day at most (no inspection is older)."""
     return t - span if t - EARLIEST >= span else EARLIEST
@@ -293,8 +284,8 @@ def window(since: datetime | None, until: datetime | None, span: timedelta = tim
            ) -> tuple[datetime, datetime]:
     """[since, until) of a request in UTC: ``until`` is now when None, ``since`` ``span`` before ``until`` when
     None. InputError naming the parameter for a time off the calendar in UTC or an empty window."""
-    until = datetime.now(timezone.utc) if until is None else utc(until, "until")
-    since = before(until, span) if since is None else utc(since, "since")
+    until = datetime.now(timezone.utc) if until is None else db.utc(until, "until")
+    since = before(until, span) if since is None else db.utc(since, "since")
     if until <= since:
         raise InputError(f"window: until ({until.isoformat()}) must be after since ({since.isoformat()})")
     return since, until
@@ -319,7 +310,7 @@ def cells_of(connection: sa.Connection, version: str | None, since: datetime, un
              arm: str | None = None) -> Cells:
     """The window's :class:`Cells` from the log (labels of queued items only: no others are accepted)."""
     r = db.reviews
-    pop = _population(version, arm, utc(since), utc(until))
+    pop = _population(version, arm, db.utc(since), db.utc(until))
     per_image = (sa.select(r.c.inspection_id.label("id"),
                            sa.func.avg(sa.case((r.c.label == "defective", 1.0), else_=0.0)).label("y"))
                  .group_by(r.c.inspection_id).subquery())
@@ -340,7 +331,7 @@ def agreement(connection: sa.Connection, version: str | None, since: datetime, u
     """(items with two labels, of which the two agree) among the window's REVIEW items decided by
     ``version``: the case study's inspector agreement on REVIEW cases."""
     i, r, q = db.inspections, db.reviews, db.review_items
-    where = [i.c.created_at >= utc(since), i.c.created_at < utc(until), q.c.reason == "review"]
+    where = [i.c.created_at >= db.utc(since), i.c.created_at < db.utc(until), q.c.reason == "review"]
     where += ([i.c.model_version == version] if version else []) + ([i.c.arm == arm] if arm else [])
     per_item = (sa.select(sa.func.count().label("k"), sa.func.count(sa.distinct(r.c.label)).label("kinds"))
                 .select_from(r.join(q, q.c.inspection_id == r.c.inspection_id).join(i, i.c.id == r.c.inspection_id))

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from fabguard.outputs import atomic_path
-from fabguard.serve import db, images, review
+from fabguard.serve import db, images
 from fabguard.serve.app import Service
 from fabguard.serve.dependencies import get_service, image_body, inspect_token
 from fabguard.serve.engine import Result, score_batch
@@ -151,7 +151,7 @@ async def inspections(service: Annotated[Service, Depends(get_service)],
     if decision is not None:
         query = query.where(table.c.decision == decision)
     if since is not None:
-        query = query.where(table.c.created_at >= review.utc(since, "since"))
+        query = query.where(table.c.created_at >= db.utc(since, "since"))
     rows = await run_in_threadpool(_fetch, service, query)
     return [_record(r) for r in rows]
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query
 from starlette.concurrency import run_in_threadpool
 
-from fabguard.serve import db, review
+from fabguard.serve import db
 from fabguard.serve.app import Service
 from fabguard.serve.dependencies import get_service, require_token
 from fabguard.serve.schemas import Comparison, EventRecord, ExperimentRecord, ExperimentStart, Problem
@@ -67,7 +67,7 @@ async def events(service: Annotated[Service, Depends(get_service)],
     if kind is not None:
         query = query.where(db.events.c.kind == kind)
     if since is not None:
-        query = query.where(db.events.c.at >= review.utc(since, "since"))
+        query = query.where(db.events.c.at >= db.utc(since, "since"))
 
     def fetch():
         with service.engine.connect() as c:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path as FilePath
 from typing import Annotated
@@ -14,7 +15,7 @@ from starlette.datastructures import UploadFile
 from fabguard.errors import InputError
 from fabguard.serve.app import Service
 from fabguard.serve.dependencies import get_service, require_token
-from fabguard.serve.registry import VERSION
+from fabguard.serve.registry import VERSION, check_version
 from fabguard.serve.schemas import ModelRecord, Problem
 
 router = APIRouter(prefix="/models", tags=["models"],
@@ -49,17 +50,18 @@ async def register(request: Request, service: Annotated[Service, Depends(get_ser
         try:
             parsed = json.loads(report)
         except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an integer of over 4300 digits
-            raise HTTPException(422, f"report: not JSON ({str(exc) or 'nested too deeply'})") from None
+            raise HTTPException(422, f"report: not JSON ({exc})") from None
         return await _register(service, version, parsed, artifact)
 
 
 async def _register(service: Service, version: str, report: dict, artifact: UploadFile) -> ModelRecord:
-    """The upload copied under the home folder, then registered (on a worker thread: it loads and warms)."""
+    """The upload copied under the home folder, then registered; both on a worker thread (up to 2 GiB to
+    copy, and a model to load and warm), not on the event loop the inspections need."""
+    check_version(version)  # before copying anything
     with tempfile.TemporaryDirectory(dir=service.settings.home) as folder:
         path = FilePath(folder) / "upload.onnx"
         with open(path, "wb") as out:
-            while chunk := await artifact.read(1 << 20):
-                out.write(chunk)
+            await run_in_threadpool(shutil.copyfileobj, artifact.file, out, 1 << 20)
         try:
             record = await run_in_threadpool(service.registry.register, path, version, report)
         except InputError as exc:  # named as the client knows it: the form field, not the server's temporary file

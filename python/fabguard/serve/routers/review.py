@@ -53,7 +53,7 @@ async def label_token(settings: Annotated[Settings, Depends(get_settings)],
 def _item(row: dict) -> ReviewItem:
     iid = row["inspection_id"]
     return ReviewItem(inspection_id=iid, reason=row["reason"], labels_wanted=row["labels_wanted"],
-                      labels=row["labels"], queued_at=review.utc(row["created_at"]), wafer_id=row["wafer_id"],
+                      labels=row["labels"], queued_at=row["created_at"], wafer_id=row["wafer_id"],
                       inspection_point=row["inspection_point"], model_version=row["model_version"],
                       anomaly_score=row["anomaly_score"], decision=row["decision"], confidence=row["confidence"],
                       image_url=f"/api/v1/review/items/{iid}/image.png" if row["image_ref"] else None,
