@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 
 import numpy as np
@@ -68,3 +70,11 @@ def test_route_refusals(active_client, client, active_model):
                  {"records": basic, "rule": "nope"}, {"records": basic, "mode": "x"}, {"records": "x"}):
         response = active_client.post("/api/v1/route", json=body)
         assert response.status_code == 422 and response.json()["detail"], (body, response.text)
+    # JSON that Python parses but cannot turn into numbers or Unicode, in the body or echoed back: 422, strict JSON
+    huge = [{**row, next(iter(row)): 10**400} for row in basic[:1]]
+    for text in ('{"records": NaN}', '{"records": "\\ud800"}', '{"records": [{"\\ud800": 1}]}',
+                 '{"records": ' + json.dumps(huge) + "}"):
+        for path in ("/api/v1/route", "/api/v1/route/final"):
+            response = active_client.post(path, content=text, headers={"content-type": "application/json"})
+            assert response.status_code == 422, (path, text[:60], response.text)
+            json.loads(response.text, parse_constant=lambda c: pytest.fail(f"{c} in the answer"))

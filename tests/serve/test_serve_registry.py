@@ -214,10 +214,16 @@ def test_a_graph_that_cannot_serve_is_refused_at_registration(app_client, second
     ('{"auroc": 1' + "0" * 400 + ', "auprc": 0.99, "fnr_at_fpr5": 0, "latency_ms_p50": 1}', "auroc missing or not a finite"),
     ('{"auroc": ' + "1" * 5000 + "}", "report: not JSON (Exceeds the limit"),
     ("[" * 100_000 + "]" * 100_000, "report: not JSON"),
+    ('{"auroc": 0.9, "auprc": 0.9, "fnr_at_fpr5": 0, "latency_ms_p50": 1, "x": "\\ud800"}', "not storable as JSON"),
+    ('{"auroc": 0.9, "auprc": 0.9, "fnr_at_fpr5": 0, "latency_ms_p50": 1, "x": NaN}', "not storable as JSON"),
+    ('{"auroc": 0.9, "auprc": 0.9, "fnr_at_fpr5": 0, "latency_ms_p50": 1, "x": ' + "[" * 300 + "]" * 300 + "}",
+     "nested more than 32 deep"),
+    ('{"auroc": 2, "auprc": 2, "fnr_at_fpr5": -1, "latency_ms_p50": -5}', "auroc, auprc, fnr_at_fpr5, latency_ms_p50 out"),
 ])
 def test_crafted_report_numbers_are_refused(client, second_model, report, expected):
-    """An integer too large for a float, one past Python's digit limit, and JSON nested deeper than the
-    parser's recursion: 422, not a 500."""
+    """An integer too large for a float, one past Python's digit limit, JSON nested deeper than the parser's
+    recursion or than an answer can carry, text that is not Unicode, NaN, metrics out of range: 422 before
+    anything is stored, not a 500 (and the model list still answers)."""
     artifact, _ = second_model
     with open(artifact, "rb") as f:
         response = client.post("/api/v1/models", headers={"Authorization": f"Bearer {TOKEN}"},
@@ -225,6 +231,16 @@ def test_crafted_report_numbers_are_refused(client, second_model, report, expect
                                files={"artifact": ("m.onnx", f, "application/octet-stream")})
     assert response.status_code == 422, response.text
     assert expected in response.json()["detail"]
+    assert [m["version"] for m in client.get("/api/v1/models").json()] == [DEFAULT]
+
+
+def test_a_version_with_a_final_newline_is_refused(client, second_model):
+    artifact, report = second_model
+    with open(artifact, "rb") as f:
+        response = client.post("/api/v1/models", headers={"Authorization": f"Bearer {TOKEN}"},
+                               data={"version": "nl-v1.0.0\n", "report": json.dumps(report)},
+                               files={"artifact": ("m.onnx", f, "application/octet-stream")})
+    assert response.status_code == 422 and "must look like" in response.json()["detail"], response.text
 
 
 def test_refusals_name_the_artifact_field_not_a_server_path(client):

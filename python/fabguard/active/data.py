@@ -148,7 +148,10 @@ def features(frame: pd.DataFrame, roles: Roles, columns) -> pd.DataFrame:
             continue
         if pd.api.types.is_bool_dtype(col):
             raise InputError(f"{_where(frame)}: column '{c}' is boolean; declare it categorical or encode it as 0/1")
-        num = pd.to_numeric(col, errors="coerce")
+        try:
+            num = pd.to_numeric(col, errors="coerce")
+        except OverflowError:  # an integer beyond any float (JSON and Python allow any number of digits)
+            raise InputError(f"{_where(frame)}: column '{c}': a value too large to be a number") from None
         bad = np.flatnonzero((num.isna() & col.notna()).to_numpy())
         if bad.size:
             raise InputError(f"{_where(frame)}: column '{c}', {_row(bad[0])}: value {_show(col.iloc[bad[0]])} "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import os
 import secrets
 import time
@@ -187,7 +188,21 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _problem(status: int, detail, headers=None) -> JSONResponse:
-    return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=status, headers=headers)
+    return JSONResponse({"detail": _strict(jsonable_encoder(detail))}, status_code=status, headers=headers)
+
+
+def _strict(value):
+    """``value`` as strict JSON can carry it: a refusal may echo the input, which may hold NaN, infinity
+    or a lone surrogate escape (valid JSON text, not Unicode); those are written out as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_strict(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _errors(app: FastAPI) -> None:
@@ -196,6 +211,10 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def input_error(_request, exc: InputError):
         return _problem(next(code for kind, code in STATUS if isinstance(exc, kind)), str(exc))
+
+    @app.exception_handler(UnicodeError)  # a lone surrogate escape in JSON text reaching code that encodes it
+    async def not_unicode(_request, _exc: UnicodeError):
+        return _problem(422, "the request holds text that is not Unicode (a lone surrogate escape such as \\ud800)")
 
     @app.exception_handler(NotReady)
     async def not_ready(_request, exc: NotReady):

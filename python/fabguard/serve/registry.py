@@ -13,6 +13,7 @@ versions stay loaded (LRU), so a rollback to any of them swaps one reference: no
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import threading
@@ -28,7 +29,7 @@ from fabguard.errors import InputError, ModelFileError
 from fabguard.serve import db
 from fabguard.serve.config import Settings
 
-VERSION = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]{0,62})-v(?P<major>\d{1,4})\.(?P<minor>\d{1,4})\.(?P<patch>\d{1,4})$")
+VERSION = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]{0,62})-v(?P<major>[0-9]{1,4})\.(?P<minor>[0-9]{1,4})\.(?P<patch>[0-9]{1,4})$")
 REPORT_KEYS = ("auroc", "auprc", "fnr_at_fpr5", "latency_ms_p50")
 BUNDLED = Path(__file__).with_name("default_model")
 
@@ -43,21 +44,48 @@ class Conflict(InputError):
 
 
 def check_version(version: str) -> str:
-    if not isinstance(version, str) or not VERSION.match(version):
+    if not isinstance(version, str) or not VERSION.fullmatch(version):  # '$' also matches before a final newline
         raise InputError(f"model version {version!r} must look like <name>-v<major>.<minor>.<patch> "
                          "(lower-case name of letters, digits, '-' or '_'; e.g. vae-wafer-v2.3.1)")
     return version
 
 
+MAX_REPORT_DEPTH = 32  # nesting of an evaluation report (JSON); deeper ones cannot be answered back
+
+
 def check_report(report) -> dict:
-    """The evaluation report with the gate's keys present and finite."""
+    """The evaluation report with the gate's keys present, finite and in range, and as a whole storable
+    and answerable as strict JSON: no NaN or infinity, no text that is not Unicode (a lone surrogate
+    escape), nested at most ``MAX_REPORT_DEPTH`` deep."""
     if not isinstance(report, dict):
         raise InputError("evaluation report must be a JSON object")
     bad = [k for k in REPORT_KEYS if not _finite_number(report.get(k))]
     if bad:
         raise InputError(f"evaluation report: {', '.join(bad)} missing or not a finite number "
                          f"(needs {', '.join(REPORT_KEYS)})")
+    bad = [k for k in ("auroc", "auprc", "fnr_at_fpr5") if not 0 <= report[k] <= 1] + \
+        (["latency_ms_p50"] if report["latency_ms_p50"] < 0 else [])
+    if bad:
+        raise InputError(f"evaluation report: {', '.join(bad)} out of range (auroc, auprc and fnr_at_fpr5 in "
+                         "[0, 1]; latency_ms_p50 >= 0)")
+    if _depth(report) > MAX_REPORT_DEPTH:
+        raise InputError(f"evaluation report: nested more than {MAX_REPORT_DEPTH} deep")
+    try:
+        json.dumps(report, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError) as exc:
+        raise InputError(f"evaluation report: not storable as JSON ({str(exc)[:120]})") from None
     return report
+
+
+def _depth(value) -> int:
+    """How deep lists and objects nest in ``value`` (a parsed JSON document), counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _finite_number(value) -> bool:
@@ -288,6 +316,4 @@ class Registry:
 
 
 def _jsonable(value):
-    import json
-
     return json.loads(json.dumps(value, default=str))
