@@ -310,7 +310,7 @@ def cells_of(connection: sa.Connection, version: str | None, since: datetime, un
              arm: str | None = None) -> Cells:
     """The window's :class:`Cells` from the log (labels of queued items only: no others are accepted)."""
     r = db.reviews
-    pop = _population(version, arm, db.utc(since), db.utc(until))
+    pop = _population(version, arm, since, until)
     per_image = (sa.select(r.c.inspection_id.label("id"),
                            sa.func.avg(sa.case((r.c.label == "defective", 1.0), else_=0.0)).label("y"))
                  .group_by(r.c.inspection_id).subquery())
@@ -331,7 +331,7 @@ def agreement(connection: sa.Connection, version: str | None, since: datetime, u
     """(items with two labels, of which the two agree) among the window's REVIEW items decided by
     ``version``: the case study's inspector agreement on REVIEW cases."""
     i, r, q = db.inspections, db.reviews, db.review_items
-    where = [i.c.created_at >= db.utc(since), i.c.created_at < db.utc(until), q.c.reason == "review"]
+    where = [i.c.created_at >= since, i.c.created_at < until, q.c.reason == "review"]
     where += ([i.c.model_version == version] if version else []) + ([i.c.arm == arm] if arm else [])
     per_item = (sa.select(sa.func.count().label("k"), sa.func.count(sa.distinct(r.c.label)).label("kinds"))
                 .select_from(r.join(q, q.c.inspection_id == r.c.inspection_id).join(i, i.c.id == r.c.inspection_id))
