@@ -162,6 +162,16 @@ def test_embedding_is_the_heatmap_on_an_8_by_16_grid():
     assert vector[7 * 16] == 1.0 and vector.sum() == 1.0
 
 
+@pytest.mark.parametrize("shape", [(256, 256), (61, 70)])  # equal cells (reshaped) and unequal (split)
+def test_embedding_cells_are_the_means_of_their_pixels(shape):
+    """Each value is its cell's mean, summed in float64: at most 512 terms (a 32 x 16 cell), so either
+    summation order is within 512 * 2**-53 (6e-14, relative) of the exact sum; rtol 1e-12 is above that."""
+    heatmaps = np.random.default_rng(0).random((2, *shape), dtype=np.float32)
+    rows, cols = np.array_split(np.arange(shape[0]), 8), np.array_split(np.arange(shape[1]), 16)
+    expected = [[heatmaps[i][np.ix_(r, c)].astype(np.float64).mean() for r in rows for c in cols] for i in range(2)]
+    np.testing.assert_allclose(grid_embedding(heatmaps), expected, rtol=1e-12)
+
+
 def test_a_latent_output_is_used_as_the_latent_vector():
     """A VAE artifact's third output ``latent`` (mu) is returned as is."""
     from types import SimpleNamespace
@@ -415,3 +425,56 @@ def test_start_up_objects_are_frozen_out_of_full_collections(settings):
     with TestClient(create_app(settings)):
         assert gc.get_freeze_count() > 10_000  # modules, registry, sessions: not walked by a full collection
     assert gc.get_freeze_count() == 0  # and unfrozen when the service stops
+
+
+def test_garbage_is_collected_by_the_service_not_by_allocation_thresholds(settings, monkeypatch):
+    """While serving, the automatic collector is off and the service's periodic pass collects reference
+    cycles (beside a model call, or after BESIDE_WAIT_S when there is none); on shutdown, automatic
+    collection is back."""
+    import weakref
+
+    from fastapi.testclient import TestClient
+
+    from fabguard.serve import app as app_module
+
+    class Node:
+        pass
+
+    monkeypatch.setattr(app_module, "GC_SECONDS", 0.1)
+    assert gc.isenabled()
+    with TestClient(app_module.create_app(settings)):
+        assert not gc.isenabled()
+        cycle = Node()
+        cycle.itself = cycle
+        alive = weakref.ref(cycle)
+        del cycle
+        deadline = time.monotonic() + 10
+        while alive() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert alive() is None  # freed by the service's own pass (nothing else collects now)
+    assert gc.isenabled()
+
+
+def test_periodic_work_runs_beside_a_model_call_or_after_its_wait():
+    """A periodic task's work starts as a batch enters ONNX Runtime (the GIL free), or after its wait on
+    an idle service: it never waits for traffic."""
+    batcher, calls, _ = _batcher(0.0)
+    ran = []
+    start = time.monotonic()
+    batcher.beside_model(lambda: ran.append(time.monotonic() - start), 0.2)
+    assert ran and ran[0] >= 0.2  # no model call: after the wait, not before
+    waiting = threading.Thread(target=batcher.beside_model, args=(lambda: ran.append(time.monotonic()), 60.0))
+    waiting.start()
+    time.sleep(0.1)
+    assert len(ran) == 1  # still waiting for a model call
+    inspector = batcher.registry.serving.inspector
+    real_run = inspector.run
+
+    def watched_run(session, batch, n):  # the model call: returns once the waiting work has run
+        waiting.join(10)
+        return real_run(session, batch, n)
+
+    inspector.run = watched_run
+    entered = time.monotonic()
+    batcher._score_and_log(batcher.registry.serving, "production", [_image(0.3)()], [{"id": "a"}])
+    assert len(ran) == 2 and entered <= ran[1] < entered + 10 and calls == [1]

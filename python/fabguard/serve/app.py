@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
 import math
 import os
@@ -35,6 +36,8 @@ from fabguard.serve.registry import Conflict, NotFound, Registry
 
 MAX_ARTIFACT = 2 * 2**30  # the body of a model registration: the ONNX file, its report, the form around them
 log = logging.getLogger("fabguard.serve")
+BESIDE_WAIT_S = 0.05  # how long periodic work waits for a model call to run beside (none: an idle service)
+GC_SECONDS, GC_FULL_EVERY = 1.0, 60  # young generations every second, all of them every minute
 STATUS = ((NotFound, 404), (Conflict, 409), (UnsupportedImage, 415), (TooManyPixels, 413), (ModelFileError, 422),
           (InputError, 422))
 
@@ -113,6 +116,13 @@ async def every(seconds: float, work, what: str) -> None:
             log.exception("cannot %s", what)
 
 
+def collector():
+    """Garbage collection while the automatic one is off: the young generations each call, a full pass
+    every ``GC_FULL_EVERY`` calls (frozen start-up objects are skipped even then)."""
+    calls = itertools.count(1)
+    return lambda: gc.collect(2 if next(calls) % GC_FULL_EVERY == 0 else 1)
+
+
 def follow(service: Service) -> None:
     """Serve what the database says: the promoted version (other replicas, the CLI) and the running
     experiment."""
@@ -129,26 +139,29 @@ async def lifespan(app: FastAPI):
     # each measured in process on a 2-core machine, every request standing still meanwhile). No collection
     # first: in a process holding more (the test suite) it would walk all of that at every start
     gc.freeze()
+    # and the collector runs beside model calls, not when allocations cross its threshold: in a request's
+    # own Python work, a young-generation pass (1.2 ms median, up to 3.8 ms; one per ~55 inspections at
+    # concurrency 1) landed on the slowest 2% of requests
+    gc.disable()
     loop, settings = asyncio.get_running_loop(), service.settings
-    service.tasks += [loop.create_task(every(settings.sync_seconds, partial(follow, service), "follow promotions")),
-                      loop.create_task(every(settings.guardrail_seconds, service.experiments.guard,
-                                             "run the guardrail"))]
+
+    def periodic(seconds: float, work, what: str) -> None:  # beside a model call: see Batcher.beside_model
+        service.tasks.append(loop.create_task(every(seconds, partial(service.batcher.beside_model, work,
+                                                                     BESIDE_WAIT_S), what)))
+
+    periodic(GC_SECONDS, collector(), "collect garbage")
+    periodic(settings.sync_seconds, partial(follow, service), "follow promotions")
+    periodic(settings.guardrail_seconds, service.experiments.guard, "run the guardrail")
     if service.engine.dialect.name == "sqlite":
-        service.tasks.append(loop.create_task(every(db.CHECKPOINT_SECONDS, partial(db.checkpoint, service.engine),
-                                                    "checkpoint the SQLite log")))
-    service.tasks.append(loop.create_task(every(settings.monitor_seconds, service.monitor.refresh,
-                                                "refresh the drift gauges and the status timeline")))
+        periodic(db.CHECKPOINT_SECONDS, partial(db.checkpoint, service.engine), "checkpoint the SQLite log")
+    periodic(settings.monitor_seconds, service.monitor.refresh, "refresh the drift gauges and the status timeline")
     from fabguard.serve.review import publish
 
-    service.tasks.append(loop.create_task(every(settings.review_seconds, partial(publish, service.engine,
-                                                                                 service.metrics),
-                                                "refresh the review gauges")))
+    periodic(settings.review_seconds, partial(publish, service.engine, service.metrics), "refresh the review gauges")
     if settings.retain_images_days is not None:
         from fabguard.serve.retention import prune
 
-        service.tasks.append(loop.create_task(every(settings.retention_seconds, partial(prune, service.engine,
-                                                                                        settings),
-                                                    "delete expired images")))
+        periodic(settings.retention_seconds, partial(prune, service.engine, settings), "delete expired images")
     try:
         yield
     finally:
@@ -159,7 +172,8 @@ async def lifespan(app: FastAPI):
         await run_in_threadpool(service.after.shutdown, True)
         await run_in_threadpool(service.yield_executor.shutdown, True, cancel_futures=True)
         service.engine.dispose()
-        gc.unfreeze()  # an app in a longer-lived process (tests, an embedding) can be collected again
+        gc.enable()  # an app in a longer-lived process (tests, an embedding) is collected as before
+        gc.unfreeze()
 
 
 def create_app(settings: Settings) -> FastAPI:

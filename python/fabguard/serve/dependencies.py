@@ -22,8 +22,8 @@ async def get_service(request: Request) -> Service:
     return request.app.state.service
 
 
-async def get_settings(service: Annotated[Service, Depends(get_service)]) -> Settings:
-    return service.settings
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.service.settings  # not through get_service: each dependency level costs time
 
 
 def _check_token(credentials: HTTPAuthorizationCredentials | None, settings: Settings) -> None:
@@ -47,7 +47,7 @@ async def inspect_token(settings: Annotated[Settings, Depends(get_settings)],
         _check_token(credentials, settings)
 
 
-async def image_body(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> bytes:
+async def image_body(request: Request) -> bytes:
     """The raw PNG / TIFF bytes of an inspection request."""
     kind = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
     if kind not in IMAGE_TYPES:

@@ -113,6 +113,13 @@ class Batcher:
         # waits for it, so as not to hold the GIL while the next request is being read and decoded
         self.in_model = threading.Event()
 
+    def beside_model(self, work: Callable, wait_s: float):
+        """``work()`` on this thread once a batch enters ONNX Runtime, or after ``wait_s`` when none does.
+        The service's periodic work (garbage collection, following promotions) then holds the GIL while
+        the request's thread is in native code, instead of stalling a request being decoded or answered."""
+        self.in_model.wait(wait_s)
+        return work()
+
     async def stop(self) -> None:
         """Score whatever is still queued (each request's thread normally has)."""
         await asyncio.get_running_loop().run_in_executor(None, self._drain)
