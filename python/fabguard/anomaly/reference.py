@@ -29,7 +29,8 @@ def grid_embedding(heatmaps) -> np.ndarray:
     (n, height, width), (k_rows, k_cols) = h.shape, EMBED_GRID
     if height % k_rows == 0 and width % k_cols == 0:  # equal cells (256 x 256): half reduceat's time
         cells = h.reshape(n, k_rows, height // k_rows, k_cols, width // k_cols)
-        return cells.sum(axis=4, dtype=np.float64).sum(axis=2).reshape(n, -1) / (height // k_rows * (width // k_cols))
+        sums = cells.sum(axis=4, dtype=np.float64).sum(axis=2)
+        return sums.reshape(n, -1) / (cells.shape[2] * cells.shape[4])
     rows, cols = (np.array_split(np.arange(size), k) for size, k in zip(h.shape[1:], EMBED_GRID))
     # summed in float64 as it goes (no float64 copy of the heatmaps first: a third less time, same sums)
     sums = np.add.reduceat(np.add.reduceat(h, [r[0] for r in rows], axis=1, dtype=np.float64),
