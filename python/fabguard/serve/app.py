@@ -289,8 +289,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"][len(scope.get("root_path", "")):] if scope["path"].startswith(scope.get("root_path", "")) \
-            else scope["path"]
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
         limit = self.larger.get((scope["method"], path), self.limit)
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
