@@ -15,7 +15,8 @@
    (decode, resize, ONNX Runtime, score + decision, heatmap planes after the answer, heatmap PNG drawn on
    GET, JSON serialisation, log commit) and HTTP end-to-end, ``--latency-runs`` runs per model and client
    (medians shown); HTTP p99 against inference p99; the HTTP floor of this machine (``floor_app.py``: the
-   same stack doing no work of its own).
+   same stack doing no work of its own), bare and, run by run in turns with the service, around a native
+   call as long as the model's; the CPU steal of this virtual machine during each run.
 
 Images: synthetic 256 x 256 wafers (seeded). Models: the bundled default; for the latency table and
 the second load run, models fitted on 100 synthetic wafers (seed 5). Writes bench/results/serve/serve.md
@@ -103,10 +104,15 @@ class Server:
 
 
 class Floor(Server):
-    """``floor_app.py``: the same HTTP stack with no work of the service's own (the latency floor)."""
+    """``floor_app.py``: the same HTTP stack with no work of the service's own (the latency floor), and
+    with ``call_ms`` a native call of that length in place of the model's."""
+
+    def __init__(self, home: Path, call_ms: float = 0.0):
+        super().__init__(home)
+        self.call_ms = call_ms
 
     def command(self) -> list[str]:
-        return [sys.executable, str(Path(__file__).with_name("floor_app.py")), str(self.port)]
+        return [sys.executable, str(Path(__file__).with_name("floor_app.py")), str(self.port), str(self.call_ms)]
 
 
 def load(url: str, clients: int, seconds: float, bodies: list[bytes], events=()) -> dict:
@@ -355,23 +361,49 @@ def percentiles(values) -> dict:
     return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}
 
 
-def timed_runs(server: Server, args, bodies: list[bytes]) -> dict:
-    """``--latency-runs`` runs of :func:`sequential` against ``server``. Each run's p50 / p99 per client,
-    and their medians over the runs, which the table shows: this machine's tail changes from minute to
-    minute, so the p99 of one run is one draw. ``gap_ms``: HTTP p99 minus inference p99 (the issue's
-    target); ``added_ms``: each request's HTTP time minus its own ONNX call."""
-    runs = []
-    for _ in range(args.latency_runs):
-        timed = sequential(server, args.latency_n, bodies)
-        run = {"versions": sorted(timed["versions"])}
-        for client in ("httpx", "stdlib"):
-            http_ms, inference_ms = np.array(timed[client]), np.array(timed[f"{client}_inference"])
-            run[client] = {"http_ms": percentiles(http_ms), "inference_ms": percentiles(inference_ms),
-                           "added_ms": percentiles(http_ms - inference_ms),
-                           "gap_ms": float(np.percentile(http_ms, 99) - np.percentile(inference_ms, 99))}
-        runs.append(run)
+def cpu_times() -> list[int] | None:
+    """This machine's CPU time so far by kind (/proc/stat; None where there is none)."""
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except OSError:
+        return None
 
+
+def steal(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of CPU time the hypervisor gave to others between two :func:`cpu_times` (steal)."""
+    if before is None or after is None:
+        return None
+    spent = [a - b for a, b in zip(after, before)]
+    return spent[7] / max(sum(spent), 1)
+
+
+def timed_runs(servers: dict[str, Server], args, bodies: list[bytes]) -> dict[str, dict]:
+    """``--latency-runs`` runs of :func:`sequential` against each of ``servers``, taking turns run by run:
+    this machine's tail changes from minute to minute, so each server meets the same minutes, and the p99
+    of one run is one draw. Per server, each run's p50 / p99 per client and their medians over the runs,
+    which the table shows. ``gap_ms``: HTTP p99 minus inference p99 (the issue's target); ``added_ms``:
+    each request's HTTP time minus its own ONNX call; ``steal``: the share of CPU time the hypervisor
+    gave to others during the run."""
+    runs: dict[str, list] = {name: [] for name in servers}
+    for _ in range(args.latency_runs):
+        for name, server in servers.items():
+            before = cpu_times()
+            timed = sequential(server, args.latency_n, bodies)
+            run = {"versions": sorted(timed["versions"]), "steal": steal(before, cpu_times())}
+            for client in ("httpx", "stdlib"):
+                http_ms, inference_ms = np.array(timed[client]), np.array(timed[f"{client}_inference"])
+                run[client] = {"http_ms": percentiles(http_ms), "inference_ms": percentiles(inference_ms),
+                               "added_ms": percentiles(http_ms - inference_ms),
+                               "gap_ms": float(np.percentile(http_ms, 99) - np.percentile(inference_ms, 99))}
+            runs[name].append(run)
+    return {name: summarise(server_runs) for name, server_runs in runs.items()}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """One server's runs and their medians (:func:`timed_runs`)."""
     out = {"runs": runs, "versions": sorted({v for run in runs for v in run["versions"]})}
+    steals = [run["steal"] for run in runs if run["steal"] is not None]
+    out["steal"] = float(np.median(steals)) if steals else None
     for client in ("httpx", "stdlib"):
         out[client] = {"gap_ms": float(np.median([run[client]["gap_ms"] for run in runs])),
                        **{k: {q: float(np.median([run[client][k][q] for run in runs])) for q in ("p50", "p99")}
@@ -383,7 +415,7 @@ def phase_floor(args, bodies, work: Path) -> dict:
     """The HTTP floor (:mod:`floor_app`) at concurrency 1, measured as the service is."""
     server = Floor(work / "floor").start()
     try:
-        return {"n": args.latency_n, **timed_runs(server, args, bodies)}
+        return {"n": args.latency_n, **timed_runs({"floor": server}, args, bodies)["floor"]}
     finally:
         server.stop()
 
@@ -434,8 +466,11 @@ def phase_latency(args, bodies, work: Path, version: str | None = None, artifact
         with Client(server.url, token=TOKEN, timeout=120) as admin:
             admin.register(artifact, version, REPORT)
             admin.promote(version, force=True)
-    timed = timed_runs(server, args, bodies)
-    assert timed["versions"] == [model.version], timed["versions"]
+    call_ms = float(np.median(stages["model"]))
+    floor = Floor(work / f"floor-{name}", call_ms).start()  # the same model call, and nothing of the service's
+    timed = timed_runs({"service": server, "floor": floor}, args, bodies)
+    floor.stop()
+    assert timed["service"]["versions"] == [model.version], timed["service"]["versions"]
     with httpx.Client(base_url=server.url, timeout=30) as web:
         log = [line for line in web.get("/metrics").text.splitlines()
                if line.startswith("fabguard_log_write_seconds_")]
@@ -444,7 +479,8 @@ def phase_latency(args, bodies, work: Path, version: str | None = None, artifact
     count = float(next(x.split()[-1] for x in log if "_count" in x))
     return {"model": model.version, "n": args.latency_n,
             "stages_ms": {k: percentiles(v) for k, v in stages.items()},
-            "log_commit_ms_mean": total / count * 1e3, **timed}
+            "log_commit_ms_mean": total / count * 1e3, **timed["service"],
+            "floor": {"call_ms": call_ms, **timed["floor"]}}
 
 
 def write(results: dict) -> None:
@@ -539,11 +575,23 @@ def latency_lines(lats: dict, floor: dict) -> list[str]:
                       lambda lat: f"{lat[client]['gap_ms']:.3f} ("
                                   + ", ".join(f"{r[client]['gap_ms']:.1f}" for r in lat["runs"]) + ")"),
                   row(f"HTTP minus the request's own ONNX call, per request, {name}", "",
-                      lambda lat: both(lat[client]["added_ms"]))]
+                      lambda lat: both(lat[client]["added_ms"])),
+                  row(f"floor with the model's call: HTTP p99 - call p99, {name}: median (each run)", "",
+                      lambda lat: f"{lat['floor'][client]['gap_ms']:.3f} ("
+                                  + ", ".join(f"{r[client]['gap_ms']:.1f}" for r in lat["floor"]["runs"]) + ")")]
+    lines.append(row("floor: the call's length (the model's in-process ONNX p50), ms", "",
+                     lambda lat: f"{lat['floor']['call_ms']:.3f}"))
+    lines.append(row("CPU steal during the HTTP runs, service / floor (median of runs)", "",
+                     lambda lat: "n/a" if lat["steal"] is None else
+                     f"{lat['steal']:.1%} / {lat['floor']['steal']:.1%}"))
     lines += ["", "HTTP floor on this machine: `bench/serve/floor_app.py`, the same FastAPI / uvicorn stack answering a "
               "fixed inspection-sized response after reading the body and one round trip to a worker thread (no "
               f"decode, model, scoring or log), measured in the same way: p50 / p99 {both(floor['httpx']['http_ms'])} "
-              f"ms with httpx, {both(floor['stdlib']['http_ms'])} ms with `http.client`.", ""]
+              f"ms with httpx, {both(floor['stdlib']['http_ms'])} ms with `http.client`. The floor rows in the table "
+              "run that stack with a native call of the model's length in place of the model (GIL released, as ONNX "
+              "Runtime's is), taking turns run by run with the service: what this machine adds to a request "
+              "around a call that long, before any of the service's own work. Steal: the share of CPU time the "
+              "hypervisor gave to other machines during the runs (/proc/stat).", ""]
     return lines
 
 
